@@ -50,5 +50,5 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 else
-    log "build needs present (${want[*]})"
+    log "already installed: everything needed for ${want[*]}"
 fi
