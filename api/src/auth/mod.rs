@@ -1,0 +1,98 @@
+//! Who is calling: members by `Authorization: Bearer <JWT>`, guests by `X-Guest-Token`. When both
+//! are sent the bearer token wins. Reads are public; writes take an [`AuthUser`].
+
+pub mod guest;
+pub mod jwt;
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+
+use crate::{
+    db::users::{self, NewMember, User},
+    domain::nickname,
+    error::ApiError,
+    state::AppState,
+};
+
+/// The header a guest sends its token in.
+pub const GUEST_TOKEN_HEADER: &str = "x-guest-token";
+
+/// The authenticated user of a request; rejects with 401 when there is none.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub User);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let bearer = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        if let Some(token) = bearer {
+            return member(state, token).await.map(AuthUser);
+        }
+        let guest_token = parts
+            .headers
+            .get(GUEST_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if let Some(token) = guest_token {
+            return users::find_guest(&state.db, &guest::hash(token.trim()))
+                .await?
+                .map(AuthUser)
+                .ok_or_else(|| ApiError::Unauthorized("unknown guest token".to_owned()));
+        }
+        Err(ApiError::Unauthorized("authentication required".to_owned()))
+    }
+}
+
+/// Verifies a member token and finds the member, creating it on first sight.
+async fn member(state: &AppState, token: &str) -> Result<User, ApiError> {
+    let keys = state.jwt.as_deref().ok_or_else(|| {
+        ApiError::Unauthorized("member tokens are not accepted by this server".to_owned())
+    })?;
+    let claims = keys.verify(token).map_err(|e| {
+        tracing::debug!(error = %e, "member token rejected");
+        ApiError::Unauthorized("invalid or expired token".to_owned())
+    })?;
+    let provider = claims.provider.as_deref();
+    if let Some(user) = users::find_member(&state.db, provider, &claims.sub).await? {
+        return Ok(user);
+    }
+    let generated;
+    let nickname = match claims
+        .nickname
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        Some(n) => n,
+        None => {
+            generated = nickname::generate(&mut rand::rng());
+            &generated
+        }
+    };
+    let user = users::create_member(
+        &state.db,
+        &NewMember {
+            provider,
+            subject: &claims.sub,
+            email: claims.email.as_deref(),
+            nickname,
+        },
+    )
+    .await?;
+    tracing::info!(
+        user_id = user.id,
+        provider = provider.unwrap_or("-"),
+        "member created on first sight"
+    );
+    Ok(user)
+}

@@ -1,0 +1,190 @@
+//! The API's error type and the response envelope of CONTRACT.md: every JSON answer, success or
+//! error, is `{ "success", "message", "data" }`.
+
+use axum::{
+    Json,
+    body::Body,
+    extract::rejection::{JsonRejection, QueryRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+/// The envelope around every JSON response.
+#[derive(Debug, Serialize)]
+pub struct Envelope<T> {
+    /// Whether the request succeeded.
+    pub success: bool,
+    /// `Success`, or what went wrong in words a client can act on.
+    pub message: String,
+    /// The payload; `null` on errors.
+    pub data: Option<T>,
+}
+
+/// A successful answer: `200` with the envelope around `data`.
+#[derive(Debug)]
+pub struct ApiOk<T>(pub T);
+
+impl<T: Serialize> IntoResponse for ApiOk<T> {
+    fn into_response(self) -> Response {
+        Json(Envelope {
+            success: true,
+            message: "Success".to_owned(),
+            data: Some(self.0),
+        })
+        .into_response()
+    }
+}
+
+/// Everything a handler can fail with. Only the variants' `Display` reaches clients; the internal
+/// variants are logged and answered with a generic message.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or a value is out of range.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No valid credentials were sent for an operation that needs a user.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The addressed resource does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The method is not supported on this path.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The body is larger than the configured limit.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// The body is not `application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// This user writes faster than the configured rate.
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until a write is allowed again.
+        retry_after_secs: u64,
+    },
+    /// The server is shutting down or a dependency is unavailable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A database failure; details are logged, never sent.
+    #[error("internal error")]
+    Database(#[from] sqlx::Error),
+    /// Any other failure; details are logged, never sent.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// The envelope for an error status and message, as a complete response.
+pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = Envelope::<()> {
+        success: false,
+        message: message.into(),
+        data: None,
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"success\":false}".to_vec());
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Database(e) => tracing::error!(error = %e, "database error"),
+            Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
+            _ => {}
+        }
+        let mut response = error_response(status, self.to_string());
+        if let Self::RateLimited { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(
+                "expected a JSON body (Content-Type: application/json)".to_owned(),
+            ),
+            // Parse and shape errors describe the client's own input, never server internals.
+            _ => Self::BadRequest(rejection.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::BadRequest(rejection.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn internal_errors_do_not_leak() {
+        let err = ApiError::Internal(anyhow::anyhow!("password=hunter2 at db:5432"));
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = body_json(response).await;
+        assert_eq!(
+            body,
+            serde_json::json!({"success": false, "message": "internal error", "data": null})
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_limit_sets_retry_after() {
+        let response = ApiError::RateLimited {
+            retry_after_secs: 3,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[tokio::test]
+    async fn success_envelope() {
+        let body = body_json(ApiOk(serde_json::json!({"a": 1})).into_response()).await;
+        assert_eq!(
+            body,
+            serde_json::json!({"success": true, "message": "Success", "data": {"a": 1}})
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! The HTTP surface: routes, the envelope for every answer (including axum's own rejections,
+//! unknown routes, timeouts and panics), CORS, request metrics.
+
+pub mod auth;
+pub mod extract;
+pub mod health;
+pub mod nodes;
+pub mod page;
+pub mod rate_limit;
+pub mod users;
+
+use std::time::Instant;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+};
+use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, timeout::TimeoutLayer};
+
+use crate::{
+    error::{ApiError, error_response},
+    state::AppState,
+};
+
+/// The API's routes with every layer applied, ready to serve.
+pub fn app(state: AppState) -> Router {
+    let limits = state.limits.clone();
+    let api = Router::new()
+        .route("/api/v1/auth/guest", post(auth::issue_guest))
+        .route("/api/v1/users/me", get(users::me))
+        .route("/api/v1/nodes", post(nodes::create))
+        .route("/api/v1/nodes/viz", get(nodes::viz))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .merge(page::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                tracing::error!("handler panicked");
+                error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            },
+        ))
+        .layer(middleware::from_fn(envelope_errors))
+        .layer(middleware::from_fn(track_metrics));
+    let api = match cors(&state.cors_origins) {
+        Some(layer) => api.layer(layer),
+        None => api,
+    };
+    api.with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".to_owned())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Gives error answers that axum or tower produced without a body of ours (timeouts, limits) the
+/// envelope too, so that every error a client sees has one shape.
+async fn envelope_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "request body too large",
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => "request timed out",
+            s if s.is_server_error() => "internal error",
+            s => s.canonical_reason().unwrap_or("request failed"),
+        };
+        let mut enveloped = error_response(status, message);
+        for name in [header::RETRY_AFTER, header::ALLOW] {
+            if let Some(v) = response.headers().get(&name) {
+                enveloped.headers_mut().insert(name, v.clone());
+            }
+        }
+        return enveloped;
+    }
+    response
+}
+
+/// Counts requests by route and status and records their latency.
+async fn track_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("mutr_http_requests_total", &labels).increment(1);
+    metrics::histogram!("mutr_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// CORS for a browser client on another origin; none when no origin is configured.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<&str> = origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static(crate::auth::GUEST_TOKEN_HEADER),
+        ])
+        .max_age(std::time::Duration::from_secs(600));
+    if origins.contains(&"*") {
+        return Some(layer.allow_origin(tower_http::cors::Any));
+    }
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| match HeaderValue::from_str(o) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(origin = o, "ignoring invalid CORS origin");
+                None
+            }
+        })
+        .collect();
+    Some(layer.allow_origin(list))
+}

@@ -1,0 +1,206 @@
+//! `POST /api/v1/nodes` (create, then broadcast and hand off after commit) and
+//! `GET /api/v1/nodes/viz` (the nodes in a cube).
+
+use axum::extract::State;
+use serde::Deserialize;
+
+use crate::{
+    auth::AuthUser,
+    db::nodes::{self, Cube, NewNode},
+    domain::{
+        coordinates::{self, Vec3},
+        mutation::{MutationFilter, ROOT_SCORE},
+        node::{AnalysisStatus, MAX_CONTENT_CHARS, Node},
+    },
+    error::{ApiError, ApiOk},
+    events::{AnalysisRequested, GALAXY_TOPIC},
+    http::extract::{ApiJson, ApiQuery},
+    state::AppState,
+};
+
+/// The body of `POST /api/v1/nodes`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateNode {
+    /// The node this one answers; none for a new root.
+    pub parent_id: Option<i64>,
+    /// 1 to 5000 characters, not only whitespace.
+    pub content: String,
+    /// Where a root goes (default 0).
+    pub x: Option<f64>,
+    /// Where a root goes (default 0).
+    pub y: Option<f64>,
+    /// Where a root goes (default 0).
+    pub z: Option<f64>,
+    /// The client's gaze direction, for placing a child.
+    pub dir_x: Option<f64>,
+    /// The client's gaze direction.
+    pub dir_y: Option<f64>,
+    /// The client's gaze direction.
+    pub dir_z: Option<f64>,
+}
+
+impl CreateNode {
+    fn validate(&self) -> Result<(), ApiError> {
+        let chars = self.content.chars().count();
+        if chars == 0 || self.content.trim().is_empty() {
+            return Err(ApiError::BadRequest("content must not be empty".to_owned()));
+        }
+        if chars > MAX_CONTENT_CHARS {
+            return Err(ApiError::BadRequest(format!(
+                "content must be at most {MAX_CONTENT_CHARS} characters"
+            )));
+        }
+        let numbers = [
+            ("x", self.x),
+            ("y", self.y),
+            ("z", self.z),
+            ("dirX", self.dir_x),
+            ("dirY", self.dir_y),
+            ("dirZ", self.dir_z),
+        ];
+        for (name, value) in numbers {
+            if value.is_some_and(|v| !v.is_finite()) {
+                return Err(ApiError::BadRequest(format!(
+                    "{name} must be a finite number"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn gaze(&self) -> Option<Vec3> {
+        match (self.dir_x, self.dir_y, self.dir_z) {
+            (Some(x), Some(y), Some(z)) => Some(Vec3::new(x, y, z)),
+            _ => None,
+        }
+    }
+}
+
+/// Creates a node as `PENDING` in one transaction; after the commit, broadcasts it and hands it to
+/// the analysis pipeline. Never waits for the analysis.
+pub async fn create(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiJson(body): ApiJson<CreateNode>,
+) -> Result<ApiOk<Node>, ApiError> {
+    state.write_limiter.check(user.id)?;
+    body.validate()?;
+
+    let mut tx = state.db.begin().await?;
+    let parent = match body.parent_id {
+        Some(id) => Some(
+            nodes::parent(&mut *tx, id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("parent node {id} not found")))?,
+        ),
+        None => None,
+    };
+    let position = match &parent {
+        Some(p) => {
+            coordinates::place_child(Vec3::new(p.x, p.y, p.z), body.gaze(), &mut rand::rng())
+        }
+        None => coordinates::place_root(body.x, body.y, body.z),
+    };
+    let inserted = nodes::insert(
+        &mut *tx,
+        &NewNode {
+            content: &body.content,
+            author_id: user.id,
+            parent: parent.as_ref().map(|p| (p.id, p.root_id)),
+            x: position.x,
+            y: position.y,
+            z: position.z,
+        },
+    )
+    .await?;
+    let context = nodes::lineage(&mut *tx, &body.content, body.parent_id).await?;
+    tx.commit().await?;
+    metrics::counter!("mutr_nodes_created_total").increment(1);
+
+    let is_root = parent.is_none();
+    let node = Node {
+        id: inserted.id,
+        content: body.content,
+        author_nickname: user.nickname,
+        topic: None,
+        emotion: "neutral".to_owned(),
+        mutation_filter: is_root.then_some(MutationFilter::Origin),
+        mutation_score: is_root.then_some(ROOT_SCORE),
+        x: position.x,
+        y: position.y,
+        z: position.z,
+        parent_id: body.parent_id,
+        root_id: inserted.root_id,
+        crated_at: inserted.created_at,
+        created_at: inserted.created_at,
+        analysis_status: AnalysisStatus::Pending,
+    };
+    tracing::info!(node_id = node.id, parent_id = ?node.parent_id, user_id = user.id, "node created");
+
+    match serde_json::to_string(&node) {
+        Ok(json) => state.broadcaster.publish(GALAXY_TOPIC, json).await,
+        Err(e) => {
+            tracing::error!(node_id = node.id, error = %e, "node not serialisable for broadcast")
+        }
+    }
+    let parent_topic_hint = parent
+        .filter(|p| p.analysis_status == AnalysisStatus::Completed)
+        .and_then(|p| p.topic);
+    state.handoff.submit(AnalysisRequested {
+        node_id: node.id,
+        parent_id: node.parent_id,
+        parent_topic_hint,
+        baseline_topic: context.baseline_topic,
+        full_context: context.full_context,
+    });
+    Ok(ApiOk(node))
+}
+
+/// The query of `GET /api/v1/nodes/viz`.
+#[derive(Debug, Deserialize)]
+pub struct VizQuery {
+    /// Centre of the cube.
+    pub x: f64,
+    /// Centre of the cube.
+    pub y: f64,
+    /// Centre of the cube.
+    pub z: f64,
+    /// Half the cube's edge; default 200.
+    #[serde(default = "default_range")]
+    pub range: f64,
+}
+
+fn default_range() -> f64 {
+    200.0
+}
+
+/// Every node within `range` of the point on each axis, newest first, capped at the configured
+/// number of nodes.
+pub async fn viz(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<VizQuery>,
+) -> Result<ApiOk<Vec<Node>>, ApiError> {
+    for (name, v) in [("x", q.x), ("y", q.y), ("z", q.z), ("range", q.range)] {
+        if !v.is_finite() {
+            return Err(ApiError::BadRequest(format!(
+                "{name} must be a finite number"
+            )));
+        }
+    }
+    let max = state.limits.viz_max_range;
+    if q.range < 0.0 || q.range > max {
+        return Err(ApiError::BadRequest(format!(
+            "range must be between 0 and {max}"
+        )));
+    }
+    let cube = Cube {
+        x: q.x,
+        y: q.y,
+        z: q.z,
+        range: q.range,
+    };
+    let found = nodes::in_cube(&state.db, cube, i64::from(state.limits.viz_max_nodes)).await?;
+    metrics::histogram!("mutr_viz_nodes_returned").record(found.len() as f64);
+    Ok(ApiOk(found))
+}
