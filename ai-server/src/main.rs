@@ -1,6 +1,13 @@
-//! Placeholder entry point: this crate is filled by its own issue.
+//! `mutr-ai-server`: parses the command line and runs it; everything else is in the library.
 
-fn main() {
-    eprintln!("not built yet: see the crate README");
-    std::process::exit(2);
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use mutr_ai_server::{cli, config::Cli};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Cli::parse();
+    cli::init_tracing(args.log_format);
+    cli::run(args).await
 }

@@ -1,0 +1,815 @@
+//! The generative model's worker: continuous batching of topic generation and emotion scoring.
+//!
+//! One llama context holds up to `parallel` sequences, each with its own KV cache stream
+//! (`kv_unified = false`, so a sequence's attention never sees another's cells and its greedy
+//! output does not depend on its neighbours). Each loop turn admits waiting jobs into free
+//! sequences, drops the ones that were cancelled or ran out of time, builds one batch holding the
+//! next token of every decoding sequence plus prompt chunks of the prefilling ones (up to
+//! `n_batch` tokens), decodes it once, and moves every sequence on from its logits. A sequence's
+//! KV cache is cleared the moment it ends, so the next job can start on the next turn.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::vocab::VocabType;
+use tokio::sync::{mpsc, oneshot};
+
+use super::LoadError;
+use crate::analysis::emotion::log_prob;
+use crate::analysis::prompt::Prompt;
+use crate::engine::EngineError;
+use crate::metrics as m;
+
+/// Settings of the generative worker.
+#[derive(Debug, Clone)]
+pub struct GenSettings {
+    /// Sequences decoded together (`--parallel`).
+    pub parallel: u32,
+    /// Context length of each sequence, in tokens (`n_ctx`).
+    pub n_ctx: u32,
+    /// Most tokens in one decode (`n_batch`).
+    pub n_batch: u32,
+    /// CPU threads for llama.cpp (`n_threads`).
+    pub n_threads: i32,
+}
+
+impl GenSettings {
+    /// The settings that can change a result: a smaller context cuts prompts shorter.
+    pub(super) fn cache_identity(&self) -> String {
+        format!("n_ctx={}", self.n_ctx)
+    }
+}
+
+/// What a job asks for.
+pub(crate) enum Task {
+    /// Greedy generation of at most `max_tokens` tokens, ending at a newline after some text.
+    Generate { max_tokens: usize },
+    /// Log-likelihood of each candidate as the continuation of the prompt.
+    Score { candidates: &'static [&'static str] },
+}
+
+/// Where a job's result goes.
+pub(crate) enum Reply {
+    Text(oneshot::Sender<Result<String, EngineError>>),
+    Scores(oneshot::Sender<Result<Vec<f64>, EngineError>>),
+}
+
+impl Reply {
+    fn is_closed(&self) -> bool {
+        match self {
+            Reply::Text(tx) => tx.is_closed(),
+            Reply::Scores(tx) => tx.is_closed(),
+        }
+    }
+
+    fn fail(self, error: EngineError) {
+        // A receiver that is gone has nobody to tell.
+        match self {
+            Reply::Text(tx) => drop(tx.send(Err(error))),
+            Reply::Scores(tx) => drop(tx.send(Err(error))),
+        }
+    }
+}
+
+/// One unit of work for the generative model.
+pub(crate) struct GenJob {
+    prompt: Prompt,
+    task: Task,
+    deadline: Instant,
+    reply: Reply,
+}
+
+impl GenJob {
+    pub(crate) fn new(prompt: Prompt, task: Task, deadline: Instant, reply: Reply) -> Self {
+        Self {
+            prompt,
+            task,
+            deadline,
+            reply,
+        }
+    }
+}
+
+const WORKER: &str = "generate";
+
+/// Starts the worker thread and waits until its context exists.
+pub(super) fn spawn(
+    backend: &'static LlamaBackend,
+    model: Arc<LlamaModel>,
+    settings: GenSettings,
+) -> Result<(mpsc::UnboundedSender<GenJob>, JoinHandle<()>), LoadError> {
+    if settings.parallel == 0 || settings.parallel > 256 {
+        return Err(LoadError::Settings(format!(
+            "parallel must be in 1..=256, not {}",
+            settings.parallel
+        )));
+    }
+    if settings.n_ctx < 64 || settings.n_batch < settings.parallel + 1 {
+        return Err(LoadError::Settings(
+            "n_ctx must be at least 64 and n_batch more than parallel".into(),
+        ));
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("mutr-generate".into())
+        .spawn(move || run(backend, &model, &settings, rx, ready_tx))
+        .map_err(|e| LoadError::Context {
+            worker: WORKER,
+            reason: e.to_string(),
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok((tx, handle)),
+        Ok(Err(e)) => {
+            drop(handle.join());
+            Err(e)
+        }
+        Err(_) => Err(LoadError::Context {
+            worker: WORKER,
+            reason: "worker died".into(),
+        }),
+    }
+}
+
+fn run(
+    backend: &LlamaBackend,
+    model: &LlamaModel,
+    settings: &GenSettings,
+    rx: mpsc::UnboundedReceiver<GenJob>,
+    ready: std::sync::mpsc::Sender<Result<(), LoadError>>,
+) {
+    let n_ctx_seq = settings.n_ctx.min(model.n_ctx_train().max(64));
+    let n_batch = settings.n_batch.max(1);
+    // Two more sequences than `parallel`: the shared prompt starts (one per task kind).
+    let n_seq = settings.parallel + 2;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx_seq * n_seq))
+        .with_n_batch(n_batch)
+        .with_n_ubatch(n_batch)
+        .with_n_seq_max(n_seq)
+        .with_kv_unified(false)
+        .with_flash_attention_policy(FLASH_ATTN_DISABLED)
+        .with_n_threads(settings.n_threads)
+        .with_n_threads_batch(settings.n_threads);
+    let ctx = match model.new_context(backend, params) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            drop(ready.send(Err(LoadError::Context {
+                worker: WORKER,
+                reason: e.to_string(),
+            })));
+            return;
+        }
+    };
+    let n_ctx_seq = (ctx.n_ctx() / n_seq).min(n_ctx_seq) as usize;
+    let prompts = PromptBuilder::new(model);
+    tracing::info!(
+        parallel = settings.parallel,
+        n_ctx_seq,
+        n_batch,
+        chat_template = prompts.template.is_some(),
+        "generative worker ready"
+    );
+    drop(ready.send(Ok(())));
+    let holder = |k: u32| Prefix {
+        seq: i32::try_from(settings.parallel + k).unwrap_or(i32::MAX),
+        tokens: Vec::new(),
+    };
+    let mut scheduler = Scheduler {
+        ctx,
+        model,
+        prompts,
+        rx,
+        waiting: VecDeque::new(),
+        slots: (0..settings.parallel).map(|_| None).collect(),
+        prefixes: [holder(0), holder(1)],
+        batch: LlamaBatch::new(n_batch as usize, 1),
+        n_batch: n_batch as usize,
+        n_ctx_seq,
+    };
+    scheduler.run();
+    tracing::info!("generative worker stopped");
+}
+
+/// Turns a [`Prompt`] into tokens that fit the context, through the model's chat template when
+/// it has one that llama.cpp can apply, else as plain text.
+struct PromptBuilder<'m> {
+    model: &'m LlamaModel,
+    template: Option<LlamaChatTemplate>,
+    /// Candidates follow a space in a plain prompt (`감정: joy`); SentencePiece adds it itself.
+    candidate_space: bool,
+}
+
+impl<'m> PromptBuilder<'m> {
+    fn new(model: &'m LlamaModel) -> Self {
+        let template = model.chat_template(None).ok().filter(|t| {
+            let probe = [
+                LlamaChatMessage::new("system".into(), "s".into()),
+                LlamaChatMessage::new("user".into(), "u".into()),
+            ];
+            match probe.into_iter().collect::<Result<Vec<_>, _>>() {
+                Ok(chat) => model.apply_chat_template(t, &chat, true).is_ok(),
+                Err(_) => false,
+            }
+        });
+        let spm = matches!(model.vocab().vocab_type(), VocabType::SPM);
+        let candidate_space = template.is_none() && !spm;
+        Self {
+            model,
+            template,
+            candidate_space,
+        }
+    }
+
+    fn render(&self, prompt: &Prompt, flow: &str) -> Result<(String, bool), EngineError> {
+        let Some(template) = &self.template else {
+            return Ok((prompt.render_plain(flow), false));
+        };
+        // Special-token text in user input must stay text: the rendered prompt is tokenized
+        // with special parsing on, for the template's own markers.
+        let flow = flow.replace("<|", "< |").replace("|>", "| >");
+        let chat = [
+            LlamaChatMessage::new("system".into(), prompt.system.clone()),
+            LlamaChatMessage::new("user".into(), prompt.render_user(&flow)),
+        ]
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| EngineError::Model(format!("chat message: {e}")))?;
+        let text = self
+            .model
+            .apply_chat_template(template, &chat, true)
+            .map_err(|e| EngineError::Model(format!("chat template: {e}")))?;
+        Ok((text, true))
+    }
+
+    fn tokenize(&self, prompt: &Prompt, flow: &str) -> Result<Vec<LlamaToken>, EngineError> {
+        let (text, special) = self.render(prompt, flow)?;
+        let vocab = self.model.vocab();
+        let mut tokens = vocab.tokenize(text.as_bytes(), true, special);
+        // A template that writes its own BOS text gives two BOS tokens.
+        if tokens.len() >= 2 && tokens[0] == vocab.bos() && tokens[1] == vocab.bos() {
+            tokens.remove(0);
+        }
+        Ok(tokens)
+    }
+
+    /// Tokens of the prompt, cutting the flow from the front (the oldest text goes first) until
+    /// it fits in `budget` tokens.
+    fn fit(&self, prompt: &Prompt, budget: usize) -> Result<Vec<LlamaToken>, EngineError> {
+        let mut flow: &str = &prompt.flow;
+        for _ in 0..8 {
+            let tokens = self.tokenize(prompt, flow)?;
+            if tokens.len() <= budget {
+                return Ok(tokens);
+            }
+            if flow.is_empty() {
+                break;
+            }
+            let over = tokens.len() - budget;
+            let flow_tokens = self
+                .model
+                .vocab()
+                .tokenize(flow.as_bytes(), false, false)
+                .len()
+                .max(1);
+            let chars = flow.chars().count();
+            let keep_tokens = flow_tokens.saturating_sub(over);
+            // 10% margin: tokens do not split evenly over characters.
+            let keep_chars = (chars * keep_tokens / flow_tokens) * 9 / 10;
+            let cut = flow
+                .char_indices()
+                .nth(chars - keep_chars)
+                .map_or(flow.len(), |(i, _)| i);
+            flow = &flow[cut..];
+        }
+        Err(EngineError::Model(format!(
+            "the prompt does not fit in {budget} tokens even without the text; raise n_ctx"
+        )))
+    }
+
+    fn candidate(&self, label: &str) -> Vec<LlamaToken> {
+        let text = if self.candidate_space {
+            format!(" {label}")
+        } else {
+            label.to_owned()
+        };
+        self.model.vocab().tokenize(text.as_bytes(), false, false)
+    }
+}
+
+struct Slot {
+    seq: i32,
+    reply: Reply,
+    deadline: Instant,
+    /// The prompt; `fed` of them are in the KV cache.
+    tokens: Vec<LlamaToken>,
+    fed: usize,
+    state: State,
+}
+
+enum State {
+    /// Feeding the prompt; the task starts from the last prompt token's logits.
+    Prefill { task: Task },
+    /// Generating: `next` goes in at position `fed`.
+    Generate {
+        next: LlamaToken,
+        out: Vec<u8>,
+        produced: usize,
+        max_tokens: usize,
+    },
+    /// Scoring: token `j` of candidate `current` goes in after the prompt, and the logits give
+    /// the likelihood of token `j + 1`; a finished candidate leaves the cache again.
+    Score {
+        candidates: Vec<Vec<LlamaToken>>,
+        scores: Vec<f64>,
+        current: usize,
+        j: usize,
+    },
+}
+
+/// The shared start of one kind of prompt (system message and instructions), decoded once into
+/// its own sequence and copied into each new sequence of that kind.
+struct Prefix {
+    seq: i32,
+    tokens: Vec<LlamaToken>,
+}
+
+/// Shortest shared start worth copying.
+const MIN_PREFIX: usize = 8;
+
+/// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_DISABLED`. Flash attention on the CPU picks its kernel by
+/// the shape of the batch (tiled for many rows, split for one), which would make a sequence's
+/// numbers depend on its neighbours.
+pub(super) const FLASH_ATTN_DISABLED: i32 = 0;
+
+struct Scheduler<'m> {
+    ctx: LlamaContext<'m>,
+    model: &'m LlamaModel,
+    prompts: PromptBuilder<'m>,
+    rx: mpsc::UnboundedReceiver<GenJob>,
+    waiting: VecDeque<GenJob>,
+    slots: Vec<Option<Slot>>,
+    /// One per task kind: topic prompts, emotion prompts.
+    prefixes: [Prefix; 2],
+    batch: LlamaBatch<'static>,
+    n_batch: usize,
+    n_ctx_seq: usize,
+}
+
+/// Why the schedule is shaped the way it is: llama.cpp's CPU kernels compute a token's numbers
+/// the same way whatever else is in the batch only when the batch has the same shape per
+/// sequence. So a prompt is always decoded alone (its chunks depend only on the prompt), and
+/// every decode step carries exactly one token per sequence and at least two tokens in all (a
+/// throw-away token in a prefix sequence's stream when only one sequence is decoding). Greedy
+/// output is then the same alone or among any number of others, which a test checks.
+impl Scheduler<'_> {
+    fn run(&mut self) {
+        loop {
+            let idle = self.slots.iter().all(Option::is_none) && self.waiting.is_empty();
+            if idle {
+                match self.rx.blocking_recv() {
+                    Some(job) => self.waiting.push_back(job),
+                    None => return,
+                }
+            }
+            while let Ok(job) = self.rx.try_recv() {
+                self.waiting.push_back(job);
+            }
+            self.drop_abandoned();
+            self.admit();
+            m::queue_depth(WORKER, self.waiting.len());
+            m::active_sequences(WORKER, self.slots.iter().flatten().count());
+            self.prefill_step();
+            self.decode_step();
+        }
+    }
+
+    /// Drops waiting jobs and running sequences whose caller is gone or whose deadline passed.
+    fn drop_abandoned(&mut self) {
+        let now = Instant::now();
+        let mut kept = VecDeque::with_capacity(self.waiting.len());
+        for job in self.waiting.drain(..) {
+            if job.reply.is_closed() {
+                m::sequence_ended(WORKER, "cancelled");
+            } else if now >= job.deadline {
+                m::sequence_ended(WORKER, "deadline");
+                job.reply.fail(EngineError::DeadlineExceeded);
+            } else {
+                kept.push_back(job);
+            }
+        }
+        self.waiting = kept;
+        for i in 0..self.slots.len() {
+            let Some(slot) = &self.slots[i] else { continue };
+            if slot.reply.is_closed() {
+                m::sequence_ended(WORKER, "cancelled");
+                self.free(i);
+            } else if now >= slot.deadline {
+                m::sequence_ended(WORKER, "deadline");
+                if let Some(slot) = self.free(i) {
+                    slot.reply.fail(EngineError::DeadlineExceeded);
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].is_some() {
+                continue;
+            }
+            let Some(job) = self.waiting.pop_front() else {
+                return;
+            };
+            let reserve = match &job.task {
+                Task::Generate { max_tokens } => *max_tokens + 1,
+                Task::Score { candidates } => {
+                    candidates
+                        .iter()
+                        .map(|c| self.prompts.candidate(c).len())
+                        .max()
+                        .unwrap_or(0)
+                        + 1
+                }
+            };
+            let budget = self.n_ctx_seq.saturating_sub(reserve);
+            let tokens = match self.prompts.fit(&job.prompt, budget) {
+                Ok(tokens) if !tokens.is_empty() => tokens,
+                Ok(_) => {
+                    job.reply.fail(EngineError::Model("empty prompt".into()));
+                    continue;
+                }
+                Err(e) => {
+                    job.reply.fail(e);
+                    continue;
+                }
+            };
+            let seq = i32::try_from(i).unwrap_or(i32::MAX);
+            let kind = match job.task {
+                Task::Generate { .. } => 0,
+                Task::Score { .. } => 1,
+            };
+            let fed = self.reuse_prefix(kind, &job.prompt, &tokens, seq);
+            self.slots[i] = Some(Slot {
+                seq,
+                reply: job.reply,
+                deadline: job.deadline,
+                tokens,
+                fed,
+                state: State::Prefill { task: job.task },
+            });
+        }
+    }
+
+    /// Copies the shared prompt start of this kind into `seq` (decoding it first if it is not
+    /// there yet) and returns how many of `tokens` it covers.
+    fn reuse_prefix(
+        &mut self,
+        kind: usize,
+        prompt: &Prompt,
+        tokens: &[LlamaToken],
+        seq: i32,
+    ) -> usize {
+        if self.prefixes[kind].tokens.is_empty() {
+            let Ok(skeleton) = self.prompts.tokenize(&prompt.skeleton(), "") else {
+                return 0;
+            };
+            let shared = common_prefix(tokens, &skeleton);
+            if shared < MIN_PREFIX {
+                return 0;
+            }
+            let holder = self.prefixes[kind].seq;
+            if self
+                .decode_alone(holder, &tokens[..shared], 0, false)
+                .is_err()
+            {
+                self.clear(holder, None);
+                return 0;
+            }
+            self.prefixes[kind].tokens = tokens[..shared].to_vec();
+        }
+        let prefix = &self.prefixes[kind];
+        // At least one prompt token is decoded for the sequence itself: its logits start the task.
+        let shared = common_prefix(tokens, &prefix.tokens).min(tokens.len() - 1);
+        if shared < MIN_PREFIX {
+            return 0;
+        }
+        if let Err(e) = self.ctx.copy_kv_cache_seq(prefix.seq, seq, None, None) {
+            tracing::error!("copying a prompt prefix failed: {e}");
+            return 0;
+        }
+        if shared < prefix.tokens.len() {
+            self.clear(seq, u32::try_from(shared).ok());
+        }
+        shared
+    }
+
+    /// Decodes `tokens` of one sequence from position `pos`, alone, in chunks of `n_batch`;
+    /// with `logits`, the last token's logits are kept (batch index returned).
+    fn decode_alone(
+        &mut self,
+        seq: i32,
+        tokens: &[LlamaToken],
+        pos: usize,
+        logits: bool,
+    ) -> Result<i32, EngineError> {
+        let mut last = 0;
+        for (c, chunk) in tokens.chunks(self.n_batch).enumerate() {
+            let start = pos + c * self.n_batch;
+            let final_chunk = start + chunk.len() == pos + tokens.len();
+            self.batch.clear();
+            for (j, t) in chunk.iter().enumerate() {
+                let p = i32::try_from(start + j).unwrap_or(i32::MAX);
+                let want = logits && final_chunk && j + 1 == chunk.len();
+                self.batch
+                    .add(*t, p, &[seq], want)
+                    .map_err(|e| EngineError::Model(format!("batch: {e}")))?;
+            }
+            m::batch(WORKER, 1, self.batch.n_tokens());
+            self.ctx
+                .decode(&mut self.batch)
+                .map_err(|e| EngineError::Model(format!("decode: {e}")))?;
+            last = self.batch.n_tokens() - 1;
+        }
+        Ok(last)
+    }
+
+    /// Clears `seq`'s cache from position `from` on (all of it with `None`).
+    fn clear(&mut self, seq: i32, from: Option<u32>) {
+        if let Err(e) = self
+            .ctx
+            .clear_kv_cache_seq(u32::try_from(seq).ok(), from, None)
+        {
+            tracing::error!(seq, "clearing a sequence's cache failed: {e}");
+        }
+    }
+
+    /// Ends the sequence in slot `i` and clears its KV cache.
+    fn free(&mut self, i: usize) -> Option<Slot> {
+        let slot = self.slots[i].take()?;
+        self.clear(slot.seq, None);
+        Some(slot)
+    }
+
+    /// One prompt chunk for each prefilling sequence, each decoded alone.
+    fn prefill_step(&mut self) {
+        for i in 0..self.slots.len() {
+            let Some(slot) = &self.slots[i] else { continue };
+            let State::Prefill { .. } = slot.state else {
+                continue;
+            };
+            let (seq, fed) = (slot.seq, slot.fed);
+            let n = (slot.tokens.len() - fed).min(self.n_batch);
+            let chunk = slot.tokens[fed..fed + n].to_vec();
+            let last = fed + n == slot.tokens.len();
+            match self.decode_alone(seq, &chunk, fed, last) {
+                Ok(idx) => self.advance(i, idx),
+                Err(e) => {
+                    tracing::error!("prompt decode failed: {e}");
+                    if let Some(slot) = self.free(i) {
+                        m::sequence_ended(WORKER, "error");
+                        slot.reply.fail(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One token for every decoding sequence, in one batch.
+    fn decode_step(&mut self) {
+        self.batch.clear();
+        let mut planned: Vec<(usize, i32)> = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            let (token, pos) = match &slot.state {
+                State::Prefill { .. } => continue,
+                State::Generate { next, .. } => (*next, slot.fed),
+                State::Score {
+                    candidates,
+                    current,
+                    j,
+                    ..
+                } => (candidates[*current][*j], slot.fed + j),
+            };
+            let index = self.batch.n_tokens();
+            let pos = i32::try_from(pos).unwrap_or(i32::MAX);
+            if self.batch.add(token, pos, &[slot.seq], true).is_ok() {
+                planned.push((i, index));
+            }
+        }
+        if planned.is_empty() {
+            return;
+        }
+        // A lone sequence gets a throw-away neighbour so that the batch keeps the shape it has
+        // among others (see the type's comment).
+        let pad = self.prefixes[0].seq;
+        let pad_pos = self.prefixes[0].tokens.len();
+        let padded = planned.len() == 1;
+        if padded {
+            let bos = self.model.vocab().bos();
+            let pos = i32::try_from(pad_pos).unwrap_or(i32::MAX);
+            if self.batch.add(bos, pos, &[pad], false).is_err() {
+                tracing::error!("the batch has no room for the pad token; raise n_batch");
+            }
+        }
+        m::batch(WORKER, planned.len(), self.batch.n_tokens());
+        let result = self.ctx.decode(&mut self.batch);
+        if padded {
+            self.clear(pad, u32::try_from(pad_pos).ok());
+        }
+        if let Err(e) = result {
+            tracing::error!(sequences = planned.len(), "decode failed: {e}");
+            for (i, _) in planned {
+                if let Some(slot) = self.free(i) {
+                    m::sequence_ended(WORKER, "error");
+                    slot.reply.fail(EngineError::Model(format!("decode: {e}")));
+                }
+            }
+            return;
+        }
+        for (i, index) in planned {
+            self.advance(i, index);
+        }
+    }
+
+    /// Moves slot `i` on from the logits at batch index `index` of the decode just done.
+    fn advance(&mut self, i: usize, index: i32) {
+        let Some(mut slot) = self.slots[i].take() else {
+            return;
+        };
+        let placeholder = State::Prefill {
+            task: Task::Generate { max_tokens: 0 },
+        };
+        let next_state = match std::mem::replace(&mut slot.state, placeholder) {
+            State::Prefill { task } => {
+                let n = (slot.tokens.len() - slot.fed).min(self.n_batch);
+                slot.fed += n;
+                if slot.fed < slot.tokens.len() {
+                    Some(State::Prefill { task })
+                } else {
+                    let logits = self.ctx.get_logits_ith(index);
+                    match task {
+                        Task::Generate { max_tokens } => {
+                            let token = argmax(logits);
+                            self.on_token(&mut slot, token, Vec::new(), 0, max_tokens)
+                        }
+                        Task::Score { candidates } => {
+                            let candidates: Vec<Vec<LlamaToken>> = candidates
+                                .iter()
+                                .map(|c| self.prompts.candidate(c))
+                                .collect();
+                            let scores = candidates
+                                .iter()
+                                .map(|c| {
+                                    c.first()
+                                        .map_or(f64::NEG_INFINITY, |t| token_log_prob(logits, *t))
+                                })
+                                .collect();
+                            next_candidate(&mut slot, candidates, scores, 0)
+                        }
+                    }
+                }
+            }
+            State::Generate {
+                next: _,
+                out,
+                produced,
+                max_tokens,
+            } => {
+                slot.fed += 1;
+                let token = argmax(self.ctx.get_logits_ith(index));
+                self.on_token(&mut slot, token, out, produced, max_tokens)
+            }
+            State::Score {
+                candidates,
+                mut scores,
+                current,
+                j,
+            } => {
+                let c = &candidates[current];
+                scores[current] += token_log_prob(self.ctx.get_logits_ith(index), c[j + 1]);
+                if j + 2 < c.len() {
+                    Some(State::Score {
+                        candidates,
+                        scores,
+                        current,
+                        j: j + 1,
+                    })
+                } else {
+                    // The candidate's tokens leave the cache: the next one follows the prompt again.
+                    self.clear(slot.seq, u32::try_from(slot.fed).ok());
+                    next_candidate(&mut slot, candidates, scores, current + 1)
+                }
+            }
+        };
+        match next_state {
+            Some(state) => {
+                slot.state = state;
+                self.slots[i] = Some(slot);
+            }
+            None => {
+                // Finished: the reply was sent; the sequence is cleared for the next job.
+                self.slots[i] = Some(slot);
+                self.free(i);
+                m::sequence_ended(WORKER, "done");
+            }
+        }
+    }
+
+    /// Takes the greedy token of a generating sequence; `None` when the generation is over (its
+    /// reply is then sent).
+    fn on_token(
+        &self,
+        slot: &mut Slot,
+        token: LlamaToken,
+        mut out: Vec<u8>,
+        produced: usize,
+        max_tokens: usize,
+    ) -> Option<State> {
+        let vocab = self.model.vocab();
+        let mut done = vocab.is_eog(token);
+        let produced = produced + 1;
+        if !done {
+            m::generated_tokens(1);
+            out.extend_from_slice(&vocab.token_to_piece(token, false, None));
+            // A newline ends the title once there is some text; leading newlines are skipped.
+            if let Some(nl) = out.iter().position(|b| *b == b'\n')
+                && out[..nl].iter().any(|b| !b.is_ascii_whitespace())
+            {
+                out.truncate(nl);
+                done = true;
+            }
+        }
+        if done || produced >= max_tokens || slot.fed + 1 >= self.n_ctx_seq {
+            let text = String::from_utf8_lossy(&out)
+                .trim_end_matches('\u{FFFD}')
+                .to_owned();
+            if let Reply::Text(tx) =
+                std::mem::replace(&mut slot.reply, Reply::Scores(oneshot::channel().0))
+            {
+                drop(tx.send(Ok(text)));
+            }
+            return None;
+        }
+        Some(State::Generate {
+            next: token,
+            out,
+            produced,
+            max_tokens,
+        })
+    }
+}
+
+/// The next candidate that needs a decode (one of more than one token), or the reply when none is
+/// left.
+fn next_candidate(
+    slot: &mut Slot,
+    candidates: Vec<Vec<LlamaToken>>,
+    scores: Vec<f64>,
+    from: usize,
+) -> Option<State> {
+    match (from..candidates.len()).find(|i| candidates[*i].len() > 1) {
+        Some(current) => Some(State::Score {
+            candidates,
+            scores,
+            current,
+            j: 0,
+        }),
+        None => {
+            if let Reply::Scores(tx) =
+                std::mem::replace(&mut slot.reply, Reply::Text(oneshot::channel().0))
+            {
+                drop(tx.send(Ok(scores)));
+            }
+            None
+        }
+    }
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Greedy choice; ties go to the lowest token id, so the choice is reproducible.
+fn argmax(logits: &[f32]) -> LlamaToken {
+    let mut best = 0usize;
+    for (i, l) in logits.iter().enumerate() {
+        if *l > logits[best] {
+            best = i;
+        }
+    }
+    LlamaToken(i32::try_from(best).unwrap_or(0))
+}
+
+fn token_log_prob(logits: &[f32], token: LlamaToken) -> f64 {
+    usize::try_from(token.0).map_or(f64::NEG_INFINITY, |t| log_prob(logits, t))
+}

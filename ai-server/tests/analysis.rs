@@ -1,0 +1,485 @@
+//! End to end over a real socket with the real tiny models: health, a real analysis, batching
+//! determinism, bad input, overload, cancellation, the result cache and drain.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use mutr_ai_server::server::ModelSource;
+use mutr_proto::AnalysisRequest;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+async fn health(addr: std::net::SocketAddr, service: &str) -> ServingStatus {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut h = HealthClient::new(channel);
+    let r = h
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ServingStatus::try_from(r.status).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_model_loading_and_drain() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut server =
+        TestServer::start_with(config(&Opts::default(), ModelSource::Deferred(rx))).await;
+    // Ports are open, models are not there yet.
+    for service in ["", "mutr.AnalysisService"] {
+        assert_eq!(
+            health(server.grpc, service).await,
+            ServingStatus::NotServing,
+            "{service:?}"
+        );
+    }
+    let readyz = format!("http://{}/readyz", server.metrics);
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 503);
+    assert_eq!(
+        reqwest::get(format!("http://{}/healthz", server.metrics))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let err = analyze(&mut server.client().await, request("hello", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    assert!(tx.send(loaded_models()).is_ok());
+    server.wait_ready().await;
+    for service in ["", "mutr.AnalysisService"] {
+        assert_eq!(
+            health(server.grpc, service).await,
+            ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+
+    server.trigger_shutdown();
+    wait_until(Duration::from_secs(10), "readyz to fail", || async {
+        reqwest::get(&readyz)
+            .await
+            .map_or(true, |r| r.status() == 503)
+    })
+    .await;
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_analysis_is_in_range() {
+    let server = TestServer::start(Opts::default()).await;
+    let mut client = server.client().await;
+
+    let root = analyze(
+        &mut client,
+        request("Once upon a time there was a happy little dog.", ""),
+    )
+    .await
+    .unwrap();
+    assert_in_range(&root);
+    assert_eq!(root.mutation_score, 0.0, "no parent topic gives 0");
+
+    // The embedding model is real: a near paraphrase drifts less than an unrelated text.
+    let parent = "The cat sat on the warm mat";
+    let close = analyze(
+        &mut client,
+        request("A cat was sitting on a warm mat.", parent),
+    )
+    .await
+    .unwrap();
+    let far = analyze(
+        &mut client,
+        request("Quarterly tax revenue figures were revised.", parent),
+    )
+    .await
+    .unwrap();
+    assert_in_range(&close);
+    assert_in_range(&far);
+    assert!(
+        close.mutation_score < far.mutation_score,
+        "close {close:?} far {far:?}"
+    );
+    assert!(far.mutation_score > 0.5, "{far:?}");
+
+    // Metrics count it.
+    let text = server.metrics_text().await;
+    assert!(
+        metric(&text, "mutr_ai_requests_total{code=\"Ok\"}") >= 3.0,
+        "{text}"
+    );
+    assert!(metric(&text, "mutr_ai_generated_tokens_total") > 0.0);
+    assert!(text.contains("mutr_ai_batch_sequences"));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_output_does_not_depend_on_the_batch() {
+    let probe = AnalysisRequest {
+        content: "Lily found a red ball in the park and laughed.".into(),
+        parent_topic: "A day at the park".into(),
+        baseline_topic: "Spring".into(),
+        full_context: "Tom went to the park.\nLily found a red ball in the park and laughed."
+            .into(),
+    };
+    let others: Vec<AnalysisRequest> = (0..8)
+        .map(|i| AnalysisRequest {
+            content: format!(
+                "Story number {i}: the bird flew over {} hills and sang.",
+                i * 3 + 1
+            ),
+            parent_topic: if i % 2 == 0 {
+                "Birds".into()
+            } else {
+                String::new()
+            },
+            baseline_topic: String::new(),
+            full_context: format!("Once upon a time {i}.\nThe bird flew over the hills and sang."),
+        })
+        .collect();
+
+    let serial = TestServer::start(Opts {
+        parallel: 1,
+        ..Opts::default()
+    })
+    .await;
+    let alone_serial = analyze(&mut serial.client().await, probe.clone())
+        .await
+        .unwrap();
+    serial.stop().await.unwrap();
+
+    let server = TestServer::start(Opts {
+        parallel: 8,
+        ..Opts::default()
+    })
+    .await;
+    let client = server.client().await;
+    let alone = analyze(&mut client.clone(), probe.clone()).await.unwrap();
+    for round in 0..2 {
+        let mut tasks = Vec::new();
+        for (i, other) in others.iter().enumerate() {
+            let mut c = client.clone();
+            let other = other.clone();
+            tasks.push(tokio::spawn(
+                async move { (i, analyze(&mut c, other).await) },
+            ));
+            if i == 3 + round {
+                // The probe joins while the others are decoding.
+                let mut c = client.clone();
+                let probe = probe.clone();
+                tasks.push(tokio::spawn(async move {
+                    (usize::MAX, analyze(&mut c, probe).await)
+                }));
+            }
+        }
+        let mut batched = None;
+        for t in tasks {
+            let (i, r) = t.await.unwrap();
+            let r = r.unwrap();
+            assert_in_range(&r);
+            if i == usize::MAX {
+                batched = Some(r);
+            }
+        }
+        assert_eq!(batched.unwrap(), alone, "round {round}: among 8 others");
+    }
+    assert_eq!(alone, alone_serial, "--parallel 8 alone vs --parallel 1");
+    let text = server.metrics_text().await;
+    let sum = metric(&text, "mutr_ai_batch_sequences_sum{worker=\"generate\"}");
+    let count = metric(&text, "mutr_ai_batch_sequences_count{worker=\"generate\"}");
+    assert!(
+        sum / count > 1.0,
+        "requests were batched together: {sum}/{count}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_a_reason() {
+    let server = TestServer::start(Opts {
+        max_message_bytes: 16 * 1024,
+        ..Opts::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    let cases = [
+        (request("   ", ""), "content is empty"),
+        (
+            AnalysisRequest {
+                full_context: String::new(),
+                ..request(&"가".repeat(4001), "")
+            },
+            "content has 4001 characters; the limit is 4000",
+        ),
+        (
+            AnalysisRequest {
+                full_context: "x".repeat(8001),
+                ..request("hi", "")
+            },
+            "full_context has 8001 characters; the limit is 8000",
+        ),
+        (
+            request("hi", &"t".repeat(201)),
+            "parent_topic has 201 characters; the limit is 200",
+        ),
+        (
+            AnalysisRequest {
+                baseline_topic: "b".repeat(201),
+                ..request("hi", "")
+            },
+            "baseline_topic has 201 characters; the limit is 200",
+        ),
+        (
+            request("nul \0 inside", ""),
+            "content contains a NUL character",
+        ),
+    ];
+    for (req, reason) in cases {
+        let err = analyze(&mut client, req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert_eq!(err.message(), reason);
+    }
+    // Over the message size limit (within the character limits): refused before decoding.
+    let big = AnalysisRequest {
+        full_context: "가".repeat(7000),
+        ..request("hi", "")
+    };
+    let err = analyze(&mut client, big).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    // Nothing aborted: the server still answers.
+    assert_in_range(
+        &analyze(&mut client, request("still here", ""))
+            .await
+            .unwrap(),
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_refused_at_once() {
+    // One running, none waiting: the second concurrent request is refused.
+    let server = TestServer::start(Opts {
+        parallel: 1,
+        max_queue: 0,
+        n_batch: 8,
+        ..Opts::default()
+    })
+    .await;
+    let client = server.client().await;
+    let long = "The little bird sang a song in the tall green tree. ".repeat(8);
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let mut c = client.clone();
+        let req = request(&long, "Birds");
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            (analyze(&mut c, req).await, t.elapsed())
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (Ok(r), _) => {
+                assert_in_range(&r);
+                ok += 1;
+            }
+            (Err(e), elapsed) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(e.message().contains("queue is full"), "{e:?}");
+                assert!(
+                    elapsed < Duration::from_secs(2),
+                    "refused at once, not after {elapsed:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(ok >= 1 && refused >= 1, "ok {ok}, refused {refused}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_and_expired_requests_free_their_slot() {
+    // One slot and no queue; a slow prompt (tiny decode batches) keeps it busy.
+    let server = TestServer::start(Opts {
+        parallel: 1,
+        max_queue: 0,
+        n_batch: 4,
+        n_ctx: 2048,
+        ..Opts::default()
+    })
+    .await;
+    let client = server.client().await;
+    let slow = request(
+        &"Tom and Lily played with the big red ball all day long. ".repeat(30),
+        "Play",
+    );
+
+    // The client gives up (drops the call) while the sequence is decoding.
+    let mut c = client.clone();
+    let call = tokio::spawn({
+        let slow = slow.clone();
+        async move { analyze(&mut c, slow).await }
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the slow request to start decoding",
+        || async {
+            metric(
+                &server.metrics_text().await,
+                "mutr_ai_active_sequences{worker=\"generate\"}",
+            ) >= 1.0
+        },
+    )
+    .await;
+    call.abort();
+    wait_until(
+        Duration::from_secs(10),
+        "the cancelled sequence to be freed",
+        || async {
+            metric(
+                &server.metrics_text().await,
+                "mutr_ai_sequences_ended_total{worker=\"generate\",outcome=\"cancelled\"}",
+            ) >= 1.0
+        },
+    )
+    .await;
+
+    // A deadline that passes mid-request: the server answers DEADLINE_EXCEEDED or CANCELLED and frees the slot.
+    let mut req = tonic::Request::new(slow.clone());
+    req.set_timeout(Duration::from_millis(150));
+    let err = client.clone().analyze_node(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+
+    // The single slot is free again: a short request is admitted and answered.
+    let mut c = client.clone();
+    wait_until(Duration::from_secs(10), "the slot to be free", || {
+        let mut c = c.clone();
+        async move { analyze(&mut c, request("short", "")).await.is_ok() }
+    })
+    .await;
+    assert_in_range(&analyze(&mut c, request("short again", "")).await.unwrap());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_cached_in_redis() {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        panic!("REDIS_URL is not set: run the tests through `make test` (hack/with-services.sh)");
+    };
+    let server = TestServer::start(Opts {
+        redis_url: Some(url),
+        ..Opts::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    // Unique per run, so an earlier run's entry cannot answer.
+    let nonce = format!("{:?}", Instant::now());
+    let req = request(&format!("The dog ran home at dusk ({nonce})."), "Dogs");
+    let first = analyze(&mut client, req.clone()).await.unwrap();
+    wait_until(Duration::from_secs(10), "a cache hit", || {
+        let (mut c, req, first) = (client.clone(), req.clone(), first.clone());
+        let server = &server;
+        async move {
+            let again = analyze(&mut c, req).await.unwrap();
+            assert_eq!(again, first);
+            metric(&server.metrics_text().await, "mutr_ai_cache_hits_total") >= 1.0
+        }
+    })
+    .await;
+    let text = server.metrics_text().await;
+    assert!(metric(&text, "mutr_ai_cache_misses_total") >= 1.0, "{text}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_never_fails_a_request() {
+    // A port where nothing listens.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let server = TestServer::start(Opts {
+        redis_url: Some(url),
+        ..Opts::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    for i in 0..2 {
+        assert_in_range(
+            &analyze(&mut client, request(&format!("Outage {i}"), "Topic"))
+                .await
+                .unwrap(),
+        );
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "cache errors to be counted",
+        || async { metric(&server.metrics_text().await, "mutr_ai_cache_errors_total") >= 2.0 },
+    )
+    .await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_finishes_work_in_flight_and_refuses_new_work() {
+    let mut server = TestServer::start(Opts {
+        parallel: 1,
+        n_batch: 4,
+        n_ctx: 2048,
+        ..Opts::default()
+    })
+    .await;
+    let client = server.client().await;
+    let slow = request(
+        &"Tom and Lily played with the big red ball all day long. ".repeat(30),
+        "Play",
+    );
+    let mut c = client.clone();
+    let in_flight = tokio::spawn(async move { analyze(&mut c, slow).await });
+    wait_until(
+        Duration::from_secs(10),
+        "the request to be in flight",
+        || async {
+            metric(
+                &server.metrics_text().await,
+                "mutr_ai_active_sequences{worker=\"generate\"}",
+            ) >= 1.0
+        },
+    )
+    .await;
+
+    server.trigger_shutdown();
+    wait_until(Duration::from_secs(10), "NOT_SERVING", || async {
+        health(server.grpc, "").await == ServingStatus::NotServing
+    })
+    .await;
+    let err = analyze(&mut client.clone(), request("new work", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("draining"), "{err:?}");
+
+    let finished = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight finishes");
+    assert_in_range(&finished);
+    server
+        .stop()
+        .await
+        .expect("serve returns Ok after draining");
+}
