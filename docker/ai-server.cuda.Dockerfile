@@ -15,6 +15,7 @@ ARG CUDA_ARCHITECTURES="75;80;89;90"
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl cmake g++ make libclang-dev pkg-config git \
     && rm -rf /var/lib/apt/lists/*
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:$PATH
 RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
     | sh -s -- -y --no-modify-path --profile minimal --default-toolchain "${RUST_VERSION}"

@@ -1,31 +1,43 @@
-{{/* The operator's cluster-wide rules (it watches MutrDeployments in every namespace). */}}
+{{/*
+The operator's rules: exactly the table in operator/README.md ("RBAC"). hack/checks/deploy.sh fails
+when this, manifests/base/rbac.yaml and that table differ.
+*/}}
+
+{{/* Cluster-wide (or per watched namespace) rules. */}}
 {{- define "mutr.operator.clusterRules" -}}
+# The controller's watch.
 - apiGroups: ["mutr.io"]
   resources: ["mutrdeployments"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch"]
+# The status subresource (server-side apply).
 - apiGroups: ["mutr.io"]
   resources: ["mutrdeployments/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
+# Per-colour Deployments: server-side apply, replica patches, watch of owned objects.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Per-colour AI Services and the stable mutr-api / mutr-api-preview Services.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Migrate, activate and recover Jobs (created once, never patched).
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create"]
+# Count a colour's pods; read the recover Job pod's termination message.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
+# An Event per decision (patch aggregates repeats into a series).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end -}}
 
-{{/* Leader election, in the operator's namespace. */}}
+{{/* Leader election, in the operator's own namespace. */}}
 {{- define "mutr.operator.leaderElectionRules" -}}
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
-  verbs: ["get", "create", "patch", "update"]
+  verbs: ["get", "create", "patch"]
 {{- end -}}

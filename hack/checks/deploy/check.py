@@ -1,0 +1,947 @@
+"""Checks for what a user deploys: the Helm chart, the kustomize overlays and the image definitions.
+
+Run by hack/checks/deploy.sh inside a virtual environment that holds real Helm (the Helm 4 Go SDK
+through helm-python-sdk), real kustomize (inside kubectl) and the Kubernetes JSON schemas
+(kubernetes-validate). Nothing here contacts a cluster or the network.
+
+Each check records a pass or a failure with a reason; the process exits non-zero on any failure.
+A self-test first feeds known-bad objects to the policy checks, so none of them can pass vacuously.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import filecmp
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+CHART = ROOT / "charts" / "mutr"
+MANIFESTS = ROOT / "manifests"
+CRDS = ROOT / "crds"
+OPERATOR_README = ROOT / "operator" / "README.md"
+DOCKER = ROOT / "docker"
+
+# Kubernetes versions the output is validated against: the oldest the chart supports (Chart.yaml
+# kubeVersion) and the newest the bundled schemas know.
+KUBE_VERSIONS = ("1.28", kubernetes_validate.utils.major_minor(kubernetes_validate.utils.latest_version()))
+
+POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+SECRETISH_KEY = re.compile(r"(?i)(pass(word|wd)?|secret|token|api[-_]?key|credential|private[-_]?key|auth[-_]?string)")
+# Keys whose values name or point at a secret rather than hold one.
+REFERENCE_KEY = re.compile(
+    r"(?i)(secretname|existingsecret|secretref|secretkeyref|^key$|^name$|generate\w*|"
+    r"gcpserviceaccount|serviceaccount\w*|\w*(path|file|dir|mount\w*)$)"
+)
+URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@", re.IGNORECASE)
+
+
+class Report:
+    """Collects results; every check adds at least one."""
+
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failures: list[str] = []
+
+    def ok(self, what: str) -> None:
+        self.passed += 1
+        print(f"  ok    {what}")
+
+    def fail(self, what: str, why: str) -> None:
+        self.failures.append(f"{what}: {why}")
+        print(f"  FAIL  {what}: {why}")
+
+    def check(self, what: str, problems: list[str]) -> None:
+        if problems:
+            self.fail(
+                what, "; ".join(problems[:20]) + (f" (and {len(problems) - 20} more)" if len(problems) > 20 else "")
+            )
+        else:
+            self.ok(what)
+
+
+def section(title: str) -> None:
+    print(f"\n== {title}")
+
+
+def load_all(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def obj_name(o: dict[str, Any]) -> str:
+    meta = o.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{o.get('kind')}/{(ns + '/') if ns else ''}{meta.get('name')}"
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_chart(
+    values_files: list[Path], overrides: dict[str, Any] | None = None, *, release: str = "mutr", namespace: str = "mutr"
+) -> list[dict[str, Any]]:
+    """`helm template` through the Helm SDK: the chart's CRDs plus its rendered templates."""
+    import helm_python as helm
+
+    chart = helm.Chart.load(CHART)
+    values: dict[str, Any] = {}
+    for f in values_files:
+        values = deep_merge(values, yaml.safe_load(f.read_text()) or {})
+    if overrides:
+        values = deep_merge(values, overrides)
+    chart.validate_schema(values)
+    rendered = chart.render(values, name=release, namespace=namespace, is_install=True)
+    docs: list[dict[str, Any]] = []
+    for crd in chart.crds:
+        docs.extend(load_all(crd["data"]))
+    for path in sorted(rendered):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(load_all(rendered[path]))
+    return docs
+
+
+def render_notes(values_files: list[Path]) -> str:
+    import helm_python as helm
+
+    chart = helm.Chart.load(CHART)
+    values: dict[str, Any] = {}
+    for f in values_files:
+        values = deep_merge(values, yaml.safe_load(f.read_text()) or {})
+    rendered = chart.render(values, name="mutr", namespace="mutr", is_install=True)
+    return next((v for k, v in rendered.items() if k.endswith("NOTES.txt")), "")
+
+
+def kustomize_build(overlay: Path, kubectl: str) -> list[dict[str, Any]]:
+    out = subprocess.run([kubectl, "kustomize", str(overlay)], check=True, capture_output=True, text=True)
+    return load_all(out.stdout)
+
+
+def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+# --------------------------------------------------------------------------- schema validation
+
+
+def crd_schemas(docs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema for every CRD among docs."""
+    out = {}
+    for d in docs:
+        if d.get("kind") != "CustomResourceDefinition":
+            continue
+        spec = d["spec"]
+        for v in spec["versions"]:
+            out[(f"{spec['group']}/{v['name']}", spec["names"]["kind"])] = v["schema"]["openAPIV3Schema"]
+    return out
+
+
+def strict_crd_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A CRD's structural schema, closed: `kubectl apply` validates fields strictly (the API server
+    rejects unknown fields), so every object schema that lists its properties and does not preserve
+    unknown fields gets additionalProperties: false."""
+
+    def close(node: Any) -> Any:
+        if isinstance(node, dict):
+            node = {k: close(v) for k, v in node.items()}
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            return node
+        if isinstance(node, list):
+            return [close(v) for v in node]
+        return node
+
+    root = copy.deepcopy(schema)
+    props = root.setdefault("properties", {})
+    props.setdefault("apiVersion", {"type": "string"})
+    props.setdefault("kind", {"type": "string"})
+    props.setdefault("metadata", {"type": "object"})
+    return close(root)
+
+
+def validate_objects(docs: list[dict[str, Any]], crds: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Strict schema validation of every object: built-in kinds against the Kubernetes schemas of
+    each version in KUBE_VERSIONS, custom resources against their CRD's structural schema."""
+    problems = []
+    for d in docs:
+        key = (d.get("apiVersion"), d.get("kind"))
+        if key in crds:
+            schema = strict_crd_schema(crds[key])
+            try:
+                jsonschema.Draft7Validator(schema).validate(d)
+            except jsonschema.ValidationError as e:
+                problems.append(f"{obj_name(d)}: {'.'.join(map(str, e.absolute_path))}: {e.message}")
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(d, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                problems.append(f"{obj_name(d)} (k8s {e.version}): {'.'.join(map(str, e.path))}: {e.message}")
+            except kubernetes_validate.utils.SchemaNotFoundError:
+                problems.append(
+                    f"{obj_name(d)}: no schema for {d.get('apiVersion')} {d.get('kind')} in Kubernetes {version}"
+                )
+                break
+    return problems
+
+
+# --------------------------------------------------------------------------- policies
+
+
+def pod_specs(docs: Iterable[dict[str, Any]]) -> Iterable[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(name, pod template metadata, pod spec) of every workload."""
+    for d in docs:
+        kind = d.get("kind")
+        if kind in POD_TEMPLATE_KINDS:
+            tpl = d["spec"]["template"]
+            yield obj_name(d), tpl.get("metadata") or {}, tpl["spec"]
+        elif kind == "CronJob":
+            tpl = d["spec"]["jobTemplate"]["spec"]["template"]
+            yield obj_name(d), tpl.get("metadata") or {}, tpl["spec"]
+        elif kind == "Pod":
+            yield obj_name(d), d.get("metadata") or {}, d["spec"]
+
+
+def security_problems(docs: Iterable[dict[str, Any]]) -> list[str]:
+    """Every container: non-root, read-only root filesystem, no privilege escalation, no
+    capabilities, RuntimeDefault seccomp, resources, a writable /tmp volume, a pinned image."""
+    problems = []
+    for name, _meta, spec in pod_specs(docs):
+        psc = spec.get("securityContext") or {}
+        for flag in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(flag):
+                problems.append(f"{name}: {flag} is set")
+        for vol in spec.get("volumes") or []:
+            if "hostPath" in vol:
+                problems.append(f"{name}: hostPath volume {vol.get('name')}")
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        containers = [("init", c) for c in spec.get("initContainers") or []] + [
+            ("", c) for c in spec.get("containers") or []
+        ]
+        if not containers:
+            problems.append(f"{name}: no containers")
+        for kind, c in containers:
+            cname = f"{name} {kind + ' ' if kind else ''}container {c.get('name')}"
+            csc = c.get("securityContext") or {}
+            if not (csc.get("runAsNonRoot") is True or (psc.get("runAsNonRoot") is True and "runAsNonRoot" not in csc)):
+                problems.append(f"{cname}: runAsNonRoot is not true")
+            uid = csc.get("runAsUser", psc.get("runAsUser"))
+            if uid == 0:
+                problems.append(f"{cname}: runAsUser is 0")
+            if csc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{cname}: readOnlyRootFilesystem is not true")
+            if csc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{cname}: allowPrivilegeEscalation is not false")
+            if csc.get("privileged"):
+                problems.append(f"{cname}: privileged")
+            drop = [str(x).upper() for x in ((csc.get("capabilities") or {}).get("drop") or [])]
+            if "ALL" not in drop:
+                problems.append(f"{cname}: capabilities.drop lacks ALL")
+            if (csc.get("capabilities") or {}).get("add"):
+                problems.append(f"{cname}: adds capabilities")
+            seccomp = (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+            if seccomp != "RuntimeDefault":
+                problems.append(f"{cname}: seccompProfile is {seccomp!r}, not RuntimeDefault")
+            res = c.get("resources") or {}
+            for part, keys in (("requests", ("cpu", "memory")), ("limits", ("memory",))):
+                for k in keys:
+                    if not (res.get(part) or {}).get(k):
+                        problems.append(f"{cname}: resources.{part}.{k} is not set")
+            image = str(c.get("image") or "")
+            if not image:
+                problems.append(f"{cname}: no image")
+            elif "@sha256:" not in image and (":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")):
+                problems.append(f"{cname}: image {image!r} is not pinned to a tag or digest")
+            tmp = [m for m in c.get("volumeMounts") or [] if m.get("mountPath") == "/tmp"]
+            if not tmp:
+                problems.append(f"{cname}: no writable /tmp volume (the root filesystem is read-only)")
+            elif tmp[0]["name"] in volumes and "emptyDir" not in volumes[tmp[0]["name"]]:
+                problems.append(f"{cname}: /tmp is not an emptyDir")
+    return problems
+
+
+def secretish(key: str) -> bool:
+    return bool(SECRETISH_KEY.search(key)) and not REFERENCE_KEY.search(key)
+
+
+def literal_secret_problems(where: str, data: Any, path: str = "") -> list[str]:
+    """Committed YAML: no Secret with data, no password-like key with a literal value, no URL with
+    an embedded password, no env var with a secret-like name and a literal value."""
+    problems = []
+    if isinstance(data, dict):
+        if data.get("kind") == "Secret" and (data.get("data") or data.get("stringData")):
+            problems.append(f"{where}: Secret {((data.get('metadata') or {}).get('name'))} carries literal data")
+        if "name" in data and "value" in data and isinstance(data.get("name"), str):
+            value = data["value"]
+            if SECRETISH_KEY.search(data["name"]) and value not in (None, ""):
+                problems.append(f"{where}: env {data['name']} has a literal value")
+        for k, v in data.items():
+            p = f"{path}.{k}" if path else str(k)
+            if isinstance(v, (str, int, float)) and not isinstance(v, bool) and secretish(str(k)) and str(v) != "":
+                problems.append(f"{where}: {p} holds a literal value")
+            problems.extend(literal_secret_problems(where, v, p))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            problems.extend(literal_secret_problems(where, v, f"{path}[{i}]"))
+    elif isinstance(data, str) and URL_WITH_PASSWORD.search(data):
+        problems.append(f"{where}: {path} is a URL with an embedded password")
+    return problems
+
+
+def rbac_rules(docs: list[dict[str, Any]], service_account: str) -> set[tuple[str, str, str, str]]:
+    """(scope, apiGroup, resource, verb) granted to the given ServiceAccount name through bindings."""
+    roles = {
+        (d["kind"], (d["metadata"].get("namespace") or ""), d["metadata"]["name"]): d
+        for d in docs
+        if d.get("kind") in ("ClusterRole", "Role")
+    }
+    out = set()
+    for b in docs:
+        if b.get("kind") not in ("ClusterRoleBinding", "RoleBinding"):
+            continue
+        if not any(
+            s.get("kind") == "ServiceAccount" and s.get("name") == service_account for s in b.get("subjects") or []
+        ):
+            continue
+        ref = b["roleRef"]
+        ns = b["metadata"].get("namespace") or "" if ref["kind"] == "Role" else ""
+        role = roles.get((ref["kind"], ns, ref["name"]))
+        if role is None:
+            out.add(("missing", ref["kind"], ref["name"], ""))
+            continue
+        if b["kind"] == "ClusterRoleBinding":
+            scope = "cluster"
+        else:
+            own = any(
+                s.get("kind") == "ServiceAccount"
+                and s.get("name") == service_account
+                and s.get("namespace") == b["metadata"].get("namespace")
+                for s in b.get("subjects") or []
+            )
+            scope = "namespace" if own else "watched"
+        for rule in role.get("rules") or []:
+            for g in rule.get("apiGroups") or [""]:
+                for r in rule.get("resources") or []:
+                    for v in rule.get("verbs") or []:
+                        out.add((scope, g, r, v))
+    return out
+
+
+def readme_rbac(path: Path) -> set[tuple[str, str, str, str]] | None:
+    """The RBAC list of operator/README.md: the table (or YAML rules) under a heading that says RBAC.
+    Columns are found by name: API group, resource(s), verb(s), and optionally scope."""
+    if not path.exists():
+        return None
+    lines = path.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(r"^#+\s.*\bRBAC\b", line)), None)
+    if start is None:
+        return None
+    level = len(lines[start]) - len(lines[start].lstrip("#"))
+    body = []
+    for line in lines[start + 1 :]:
+        m = re.match(r"^(#+)\s", line)
+        if m and len(m.group(1)) <= level:
+            break
+        body.append(line)
+    out: set[tuple[str, str, str, str]] = set()
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    def words(cell: str) -> list[str]:
+        cell = cell.replace("`", "").replace('"', "")
+        if re.fullmatch(r"\s*(\(?core\)?|\"\"|''|-|—)?\s*", cell):
+            return [""]
+        return [
+            w.strip() for w in re.split(r"[,\s]+", cell) if w.strip() and w.strip() not in ('""', "(core)", "core")
+        ] or [""]
+
+    header = None
+    for line in body:
+        if not line.strip().startswith("|"):
+            header = None if not line.strip() else header
+            continue
+        row = cells(line)
+        if header is None:
+            header = [h.lower() for h in row]
+            continue
+        if all(re.fullmatch(r":?-+:?", c) for c in row):
+            continue
+        col = {
+            name: next((i for i, h in enumerate(header) if name in h), None)
+            for name in ("group", "resource", "verb", "scope")
+        }
+        if col["group"] is None or col["resource"] is None or col["verb"] is None:
+            continue
+        scope_cell = row[col["scope"]].lower() if col["scope"] is not None and col["scope"] < len(row) else "cluster"
+        scope = (
+            "namespace"
+            if ("namespace" in scope_cell or "own" in scope_cell or scope_cell.startswith("role"))
+            else "cluster"
+        )
+        group_cell = row[col["group"]].replace("`", "").strip()
+        groups = (
+            [""]
+            if group_cell.lower() in ("", '""', "core", "(core)", "-", "—", 'core ("")', '"" (core)')
+            else words(group_cell)
+        )
+        for g in groups:
+            for r in words(row[col["resource"]]):
+                for v in words(row[col["verb"]]):
+                    out.add((scope, g, r, v))
+    return out or None
+
+
+# --------------------------------------------------------------------------- self-test
+
+
+def self_test(report: Report) -> None:
+    """The policy checks must catch what they are for: feed each a known-bad object."""
+    section("self-test: the checks catch known-bad objects")
+    good_pod = {
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": "c",
+                "image": "x:1",
+                "securityContext": {
+                    "readOnlyRootFilesystem": True,
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}, "limits": {"memory": "1Mi"}},
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+
+    def deployment(spec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "t"},
+            "spec": {
+                "selector": {"matchLabels": {"a": "b"}},
+                "template": {"metadata": {"labels": {"a": "b"}}, "spec": spec},
+            },
+        }
+
+    report.check("self-test: a compliant pod passes the security policy", security_problems([deployment(good_pod)]))
+    breakages: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+        ("runAsNonRoot missing", lambda s: s["securityContext"].pop("runAsNonRoot")),
+        (
+            "writable root filesystem",
+            lambda s: s["containers"][0]["securityContext"].update(readOnlyRootFilesystem=False),
+        ),
+        ("privilege escalation", lambda s: s["containers"][0]["securityContext"].pop("allowPrivilegeEscalation")),
+        ("capabilities kept", lambda s: s["containers"][0]["securityContext"].pop("capabilities")),
+        ("no seccomp profile", lambda s: s["securityContext"].pop("seccompProfile")),
+        ("no resources", lambda s: s["containers"][0].pop("resources")),
+        ("no /tmp volume", lambda s: s["containers"][0].pop("volumeMounts")),
+        ("unpinned image", lambda s: s["containers"][0].update(image="x:latest")),
+        (
+            "root init container",
+            lambda s: s.update(initContainers=[dict(copy.deepcopy(s["containers"][0]), securityContext={})]),
+        ),
+    ]
+    for what, breaker in breakages:
+        spec = copy.deepcopy(good_pod)
+        breaker(spec)
+        if security_problems([deployment(spec)]):
+            report.ok(f"self-test: security policy rejects {what}")
+        else:
+            report.fail(f"self-test: security policy rejects {what}", "it passed")
+
+    bad_yaml = [
+        (
+            "a Secret with data",
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"x": "y"}},
+        ),
+        ("a literal password value", {"postgresql": {"auth": {"password": "hunter2"}}}),
+        ("a URL with a password", {"env": [{"name": "DATABASE_URL", "value": "postgres://u:p@h/db"}]}),
+        ("a literal secret env var", {"env": [{"name": "MUTR_JWT_SECRET", "value": "abc"}]}),
+    ]
+    for what, data in bad_yaml:
+        if literal_secret_problems("self-test", data):
+            report.ok(f"self-test: secret scan rejects {what}")
+        else:
+            report.fail(f"self-test: secret scan rejects {what}", "it passed")
+    allowed = {
+        "database": {"secretName": "mutr-database", "key": "url"},
+        "existingSecret": "",
+        "env": [{"name": "MUTR_JWT_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+    }
+    report.check("self-test: secret scan allows references to Secrets", literal_secret_problems("self-test", allowed))
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def check_crds(report: Report) -> dict[tuple[str, str], dict[str, Any]]:
+    section("CRDs: crds/ is the source; the chart and the kustomize base carry byte-identical copies")
+    sources = sorted(p.name for p in CRDS.glob("*.yaml"))
+    if "mutrdeployments.mutr.io.yaml" not in sources:
+        report.fail("crds/mutrdeployments.mutr.io.yaml exists", "missing: run `make crds`")
+        return {}
+    report.ok("crds/mutrdeployments.mutr.io.yaml exists")
+    for copy_dir in (CHART / "crds", MANIFESTS / "base" / "crds"):
+        rel = copy_dir.relative_to(ROOT)
+        copies = sorted(p.name for p in copy_dir.glob("*.yaml"))
+        problems = []
+        if copies != sources:
+            problems.append(f"files differ: crds/ has {sources}, {rel}/ has {copies}")
+        for name in set(sources) & set(copies):
+            if not filecmp.cmp(CRDS / name, copy_dir / name, shallow=False):
+                problems.append(f"{rel}/{name} differs from crds/{name}")
+        if problems:
+            problems.append(f"fix: cp crds/*.yaml {rel}/")
+        report.check(f"{rel}/ == crds/", problems)
+    docs = [d for p in CRDS.glob("*.yaml") for d in load_all(p.read_text())]
+    report.check("crds/ validate as apiextensions.k8s.io/v1", validate_objects(docs, {}))
+    schemas = crd_schemas(docs)
+    md = schemas.get(("mutr.io/v1alpha1", "MutrDeployment"))
+    problems = []
+    if md is None:
+        problems.append("no mutr.io/v1alpha1 MutrDeployment in crds/")
+    else:
+        crd = next(d for d in docs if d["spec"]["names"]["kind"] == "MutrDeployment")
+        if crd["spec"].get("scope") != "Namespaced":
+            problems.append("scope is not Namespaced")
+        if "mutr" not in (crd["spec"]["names"].get("shortNames") or []):
+            problems.append("short name mutr missing")
+        v = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+        if "status" not in (v.get("subresources") or {}):
+            problems.append("no status subresource")
+    report.check("the MutrDeployment CRD: mutr.io/v1alpha1, namespaced, short name mutr, status subresource", problems)
+    return schemas
+
+
+def check_workloads(
+    report: Report,
+    label: str,
+    docs: list[dict[str, Any]],
+    crds: dict[tuple[str, str], dict[str, Any]],
+    *,
+    operator_replicas_min: int,
+    self_contained: bool,
+) -> None:
+    report.check(
+        f"{label}: every object validates (strict) against Kubernetes {' and '.join(KUBE_VERSIONS)} or its CRD",
+        validate_objects(docs, crds),
+    )
+    report.check(
+        f"{label}: every container is non-root, read-only, unprivileged, seccomp'd, with resources and /tmp",
+        security_problems(docs),
+    )
+    names = [obj_name(d) for d in docs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    report.check(f"{label}: object names are unique", [f"duplicate {n}" for n in dupes])
+
+    problems = []
+    pods = list(pod_specs(docs))
+    for d in docs:
+        if d.get("kind") in POD_TEMPLATE_KINDS and "selector" in d["spec"]:
+            sel = d["spec"]["selector"].get("matchLabels") or {}
+            labels = d["spec"]["template"]["metadata"].get("labels") or {}
+            if not sel or any(labels.get(k) != v for k, v in sel.items()):
+                problems.append(f"{obj_name(d)}: selector {sel} does not match its pod labels")
+        if d.get("kind") == "Service" and d["spec"].get("selector"):
+            sel = d["spec"]["selector"]
+            matching = [
+                (n, m, s) for n, m, s in pods if all((m.get("labels") or {}).get(k) == v for k, v in sel.items())
+            ]
+            if not matching:
+                problems.append(f"{obj_name(d)}: selector {sel} matches no pod template")
+            for port in d["spec"].get("ports") or []:
+                target = port.get("targetPort", port.get("port"))
+                if (
+                    isinstance(target, str)
+                    and matching
+                    and not any(
+                        p.get("name") == target
+                        for _, _, s in matching
+                        for c in s.get("containers") or []
+                        for p in c.get("ports") or []
+                    )
+                ):
+                    problems.append(f"{obj_name(d)}: targetPort {target} is no container port name")
+    report.check(f"{label}: selectors match pod labels; Services reach named container ports", problems)
+
+    secret_names = {d["metadata"]["name"] for d in docs if d.get("kind") == "Secret"}
+    problems = []
+    for name, _m, spec in pods:
+        refs = []
+        for c in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+            for e in c.get("env") or []:
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef") or {}
+                if ref:
+                    refs.append(ref.get("name"))
+        for v in spec.get("volumes") or []:
+            if "secret" in v:
+                refs.append(v["secret"].get("secretName"))
+        problems += [
+            f"{name}: references Secret {r} that this rendering does not create" for r in refs if r not in secret_names
+        ]
+    report.check(f"{label}: every Secret a pod reads is created alongside it", problems)
+
+    if self_contained:
+        secrets = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "Secret"}
+        problems = []
+        for md in (d for d in docs if d.get("kind") == "MutrDeployment"):
+            refs = [
+                (f"spec.{k}", md["spec"][k]["name"], md["spec"][k].get("key", "url")) for k in ("database", "redis")
+            ]
+            for part in ("api", "aiServer"):
+                for e in md["spec"][part].get("env") or []:
+                    ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                    if ref:
+                        refs.append((f"spec.{part}.env {e['name']}", ref["name"], ref["key"]))
+            for where, name, key in refs:
+                if name not in secrets:
+                    problems.append(f"{obj_name(md)} {where}: Secret {name} is not created")
+                elif key not in (secrets[name].get("data") or {}):
+                    problems.append(f"{obj_name(md)} {where}: Secret {name} has no key {key}")
+        report.check(
+            f"{label}: the MutrDeployment's Secret references (URLs, JWT key) resolve to created keys", problems
+        )
+
+    ops = [
+        d
+        for d in docs
+        if d.get("kind") == "Deployment"
+        and (d["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "operator"
+    ]
+    problems = []
+    if len(ops) != 1:
+        problems.append(f"expected one operator Deployment, found {len(ops)}")
+    else:
+        op = ops[0]
+        if op["spec"].get("replicas", 1) < operator_replicas_min:
+            problems.append(f"replicas {op['spec'].get('replicas', 1)} < {operator_replicas_min}")
+        c = op["spec"]["template"]["spec"]["containers"][0]
+        ports = {p.get("containerPort") for p in c.get("ports") or []}
+        if 8080 not in ports:
+            problems.append("container port 8080 (/metrics, /healthz) missing")
+        for probe in ("livenessProbe", "readinessProbe"):
+            if ((c.get(probe) or {}).get("httpGet") or {}).get("path") != "/healthz":
+                problems.append(f"{probe} is not GET /healthz")
+        env = {e["name"] for e in c.get("env") or []}
+        for needed in ("MUTR_OPERATOR_ADDR", "POD_NAME", "POD_NAMESPACE"):
+            if needed not in env:
+                problems.append(f"env {needed} missing")
+        sa = op["spec"]["template"]["spec"].get("serviceAccountName")
+        if not any(d.get("kind") == "ServiceAccount" and d["metadata"]["name"] == sa for d in docs):
+            problems.append(f"ServiceAccount {sa} is not created")
+    report.check(
+        f"{label}: the operator Deployment (replicas >= {operator_replicas_min}, port 8080, /healthz probes, identity env)",
+        problems,
+    )
+
+
+def operator_rbac(docs: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
+    op = next(
+        d
+        for d in docs
+        if d.get("kind") == "Deployment"
+        and (d["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "operator"
+    )
+    return rbac_rules(docs, op["spec"]["template"]["spec"]["serviceAccountName"])
+
+
+def fmt_rules(rules: Iterable[tuple[str, str, str, str]]) -> list[str]:
+    return [f"{s} {g or 'core'}/{r} {v}" for s, g, r, v in sorted(rules)]
+
+
+def check_rbac(report: Report, renderings: dict[str, list[dict[str, Any]]]) -> None:
+    section("RBAC: the operator gets exactly what operator/README.md lists")
+    expected = readme_rbac(OPERATOR_README)
+    if expected is None:
+        report.fail(
+            "operator/README.md has an RBAC section with a table (API group | resources | verbs [| scope])",
+            f"none found in {OPERATOR_README.relative_to(ROOT)}",
+        )
+        return
+    report.ok(f"operator/README.md lists {len(expected)} (scope, group, resource, verb) grants")
+    for label, docs in renderings.items():
+        got = operator_rbac(docs)
+        if any(s == "watched" for s, *_ in got):
+            # Watching one namespace: the cluster-wide rules become a Role there.
+            got = {("cluster" if s == "watched" else s, g, r, v) for s, g, r, v in got}
+        problems = [f"granted but not in the README: {r}" for r in fmt_rules(got - expected)]
+        problems += [f"in the README but not granted: {r}" for r in fmt_rules(expected - got)]
+        report.check(f"{label}: operator RBAC == operator/README.md", problems)
+        wild = [r for r in got if "*" in r]
+        report.check(f"{label}: no wildcard grants", [f"wildcard: {r}" for r in fmt_rules(wild)])
+
+
+def check_committed_yaml(report: Report) -> None:
+    section("committed YAML: no Secret with data, no literal credentials")
+    files = sorted(
+        p
+        for p in list(CHART.rglob("*.yaml")) + list(MANIFESTS.rglob("*.yaml"))
+        if "templates" not in p.relative_to(CHART if CHART in p.parents else MANIFESTS).parts
+    )
+    problems = []
+    for f in files:
+        try:
+            for doc in yaml.safe_load_all(f.read_text()):
+                problems += literal_secret_problems(str(f.relative_to(ROOT)), doc)
+        except yaml.YAMLError as e:
+            problems.append(f"{f.relative_to(ROOT)}: not YAML: {e}")
+    report.check(f"{len(files)} committed YAML files are free of literal secrets", problems)
+
+    # Templates are not YAML until rendered: every Secret template must take its values from a
+    # generator or a lookup, never a literal.
+    problems = []
+    for f in sorted((CHART / "templates").rglob("*.yaml")):
+        text = f.read_text()
+        if not re.search(r"(?m)^kind:\s*Secret\s*$", text):
+            continue
+        block = re.split(r"(?m)^(data|stringData):\s*$", text, maxsplit=1)
+        if len(block) < 3:
+            problems.append(f"{f.relative_to(ROOT)}: a Secret without a data block")
+            continue
+        for line in block[2].splitlines():
+            m = re.match(r"^\s+([\w.-]+):\s*(.*)$", line)
+            if m and "{{" not in m.group(2):
+                problems.append(f"{f.relative_to(ROOT)}: key {m.group(1)} has a literal value")
+        if "randAlphaNum" not in text and "mutr.generatedValue" not in text:
+            problems.append(f"{f.relative_to(ROOT)}: the Secret's value is not generated")
+    report.check("chart Secret templates only hold generated values", problems)
+
+
+def check_generated_secrets(report: Report, values: list[Path]) -> None:
+    a = {obj_name(d): d for d in render_chart(values) if d.get("kind") == "Secret"}
+    b = {obj_name(d): d for d in render_chart(values) if d.get("kind") == "Secret"}
+    problems = []
+    if not a:
+        problems.append("no Secret rendered")
+    for name, sa in a.items():
+        for key in ("password", "jwt-secret"):
+            if key in sa.get("data", {}) and sa["data"][key] == b[name]["data"].get(key):
+                problems.append(f"{name}.{key} is the same in two renderings: not generated")
+    report.check("kind: the credentials of PostgreSQL, Redis and the API are generated per install", problems)
+
+
+def check_values_schema(report: Report) -> None:
+    section("values.schema.json rejects what it should")
+    import helm_python as helm
+
+    chart = helm.Chart.load(CHART)
+    report.check("the chart ships values.schema.json", [] if chart.schema else ["missing"])
+    bad = [
+        ("an inline database password", {"postgresql": {"auth": {"password": "x"}}}),
+        ("an unknown top-level key", {"postgress": {"enabled": True}}),
+        ("operator replicas 0", {"operator": {"replicas": 0}}),
+        ("a MutrDeployment name over 40 characters", {"mutrDeployment": {"name": "x" * 41}}),
+        ("an unknown colour", {"mutrDeployment": {"activeColor": "red"}}),
+        ("the image tag latest", {"operator": {"image": {"tag": "latest"}}}),
+        ("a malformed image digest", {"operator": {"image": {"digest": "sha256:xyz"}}}),
+    ]
+    for what, values in bad:
+        try:
+            chart.validate_schema(values)
+        except helm.HelmError:
+            report.ok(f"schema rejects {what}")
+        else:
+            report.fail(f"schema rejects {what}", "accepted")
+    what = "a MutrDeployment without a database Secret fails to render, naming the value"
+    try:
+        render_chart([], {"mutrDeployment": {"enabled": True}})
+    except helm.HelmError as e:
+        if "database.secretName is required" in str(e):
+            report.ok(what)
+        else:
+            report.fail(what, f"failed for another reason: {e}")
+    else:
+        report.fail(what, "it rendered")
+
+
+def check_lint(report: Report, values_sets: dict[str, list[Path]]) -> None:
+    import helm_python as helm
+
+    for label, files in values_sets.items():
+        values: dict[str, Any] = {}
+        for f in files:
+            values = deep_merge(values, yaml.safe_load(f.read_text()) or {})
+        result = helm.lint(CHART, values, strict=True, namespace="mutr", kube_version="v1.28.0")
+        msgs = [
+            f"{m.get('path')}: {m.get('error')}" for m in result.get("messages") or [] if (m.get("severity") or 0) >= 2
+        ]
+        msgs += [str(e) for e in result.get("errors") or []]
+        report.check(f"helm lint --strict ({label})", msgs)
+
+
+def check_dockerfiles(report: Report, hadolint: str) -> None:
+    section("container images: multi-stage, non-root numeric user, no secrets, no models")
+    files = sorted(DOCKER.glob("*.Dockerfile"))
+    expected = {"api.Dockerfile", "ai-server.Dockerfile", "ai-server.cuda.Dockerfile", "operator.Dockerfile"}
+    report.check(
+        "docker/ has the api, ai-server (+cuda) and operator images",
+        [f"missing docker/{n}" for n in sorted(expected - {f.name for f in files})],
+    )
+    for f in files:
+        text = f.read_text()
+        lines = [
+            ln.strip()
+            for ln in re.sub(r"\\\n", " ", text).splitlines()
+            if ln.strip() and not ln.strip().startswith("#")
+        ]
+        problems = []
+        froms = [ln for ln in lines if ln.upper().startswith("FROM ")]
+        if len(froms) < 2:
+            problems.append("not a multi-stage build")
+        last = max(i for i, ln in enumerate(lines) if ln.upper().startswith("FROM "))
+        final = lines[last:]
+        users = [ln.split(None, 1)[1] for ln in final if ln.upper().startswith("USER ")]
+        if not users:
+            problems.append("the final stage sets no USER")
+        elif not re.fullmatch(r"[1-9][0-9]*(:[1-9][0-9]*)?", users[-1]):
+            problems.append(f"final USER {users[-1]!r} is not a numeric non-root uid")
+        for ln in lines:
+            word = ln.split(None, 1)[0].upper()
+            if word in ("ARG", "ENV"):
+                for m in re.finditer(r"([A-Za-z_][A-Za-z0-9_]*)=", ln.split(None, 1)[1] if " " in ln else ""):
+                    if SECRETISH_KEY.search(m.group(1)):
+                        problems.append(f"{word} {m.group(1)} looks like a secret")
+            if word in ("COPY", "ADD") and re.search(r"(?i)\.gguf|models?/|\.env\b|id_rsa|\.pem\b|\.key\b", ln):
+                problems.append(f"copies model or credential files: {ln}")
+            if word == "ADD" and re.search(r"https?://", ln):
+                problems.append(f"ADD from a URL: {ln}")
+        if not any(re.match(r"(?i)^(ENTRYPOINT|CMD)\s", ln) for ln in final):
+            problems.append("the final stage has no ENTRYPOINT/CMD")
+        if "--locked" not in text:
+            problems.append("cargo build without --locked")
+        report.check(f"docker/{f.name}", problems)
+        lint = subprocess.run(
+            [hadolint, "--no-color", "--config", str(DOCKER / ".hadolint.yaml"), str(f)], capture_output=True, text=True
+        )
+        report.check(
+            f"hadolint docker/{f.name}",
+            [ln for ln in (lint.stdout + lint.stderr).splitlines() if ln.strip()] if lint.returncode else [],
+        )
+    ignore = (ROOT / ".dockerignore").read_text().splitlines() if (ROOT / ".dockerignore").exists() else []
+    needed = ["**/target/", ".git/", ".local/", "**/*.gguf", "hack/.cache/"]
+    report.check(
+        ".dockerignore keeps build output, git, local data and models out of the context",
+        [f"missing {n}" for n in needed if n not in ignore],
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--kubectl", required=True, help="kubectl binary (for its built-in kustomize)")
+    parser.add_argument("--hadolint", required=True, help="hadolint binary")
+    args = parser.parse_args()
+    report = Report()
+    os.chdir(ROOT)
+
+    self_test(report)
+    crds = check_crds(report)
+    check_committed_yaml(report)
+    check_dockerfiles(report, args.hadolint)
+
+    section("Helm chart: lint and render for each values set")
+    values_sets = {
+        "defaults": [],
+        "kind": [CHART / "values-kind.yaml"],
+        "gke": [CHART / "values-gke.yaml"],
+    }
+    extra_sets = {"watch one namespace": {"operator": {"watchNamespace": "apps"}}}
+    check_lint(report, values_sets)
+    renderings: dict[str, list[dict[str, Any]]] = {}
+    for label, files in values_sets.items():
+        try:
+            renderings[f"helm {label}"] = render_chart(files)
+            report.ok(f"helm template ({label}): {len(renderings[f'helm {label}'])} objects")
+        except Exception as e:  # noqa: BLE001 - report any render failure as a check failure
+            report.fail(f"helm template ({label})", str(e))
+    for label, overrides in extra_sets.items():
+        try:
+            renderings[f"helm {label}"] = render_chart([], overrides)
+            report.ok(f"helm template ({label}): {len(renderings[f'helm {label}'])} objects")
+        except Exception as e:  # noqa: BLE001
+            report.fail(f"helm template ({label})", str(e))
+    try:
+        notes = render_notes([CHART / "values-kind.yaml"])
+        report.check(
+            "NOTES.txt renders and says how to reach the API",
+            [] if "port-forward" in notes else ["no port-forward hint"],
+        )
+    except Exception as e:  # noqa: BLE001
+        report.fail("NOTES.txt renders", str(e))
+    check_values_schema(report)
+
+    section("kustomize: build each overlay")
+    for overlay in ("kind", "gke"):
+        try:
+            renderings[f"kustomize {overlay}"] = kustomize_build(MANIFESTS / "overlays" / overlay, args.kubectl)
+            report.ok(
+                f"kubectl kustomize manifests/overlays/{overlay}: {len(renderings[f'kustomize {overlay}'])} objects"
+            )
+        except subprocess.CalledProcessError as e:
+            report.fail(f"kubectl kustomize manifests/overlays/{overlay}", e.stderr.strip())
+
+    for label, docs in renderings.items():
+        section(f"{label}: schemas and policies")
+        check_workloads(report, label, docs, crds, operator_replicas_min=2, self_contained=(label == "helm kind"))
+        report.check(
+            f"{label}: rendered objects hold no literal credentials outside generated Secrets",
+            [p for d in docs if d.get("kind") != "Secret" for p in literal_secret_problems(label, d)],
+        )
+    if "helm kind" in renderings:
+        check_generated_secrets(report, [CHART / "values-kind.yaml"])
+
+    if renderings:
+        check_rbac(report, renderings)
+
+    section("examples: every example MutrDeployment validates against the CRD")
+    examples = sorted((MANIFESTS / "examples").glob("*.yaml"))
+    docs = [d for f in examples for d in load_all(f.read_text())]
+    report.check(
+        f"{len(examples)} example files validate",
+        validate_objects(docs, crds) if crds else ["no CRD to validate against"],
+    )
+    md = next((d for d in docs if d.get("kind") == "MutrDeployment"), None)
+    if md and crds:
+        for what, breaker in (
+            ("an unknown field", lambda d: d["spec"]["api"].update(imagee="x")),
+            ("a missing database reference", lambda d: d["spec"].pop("database")),
+            ("an unknown colour", lambda d: d["spec"].update(activeColor="red")),
+        ):
+            bad = copy.deepcopy(md)
+            breaker(bad)
+            if validate_objects([bad], crds):
+                report.ok(f"self-test: CRD validation rejects {what}")
+            else:
+                report.fail(f"self-test: CRD validation rejects {what}", "it passed")
+
+    total = report.passed + len(report.failures)
+    print(f"\ndeploy checks: {report.passed} passed, {len(report.failures)} failed (of {total})")
+    for f in report.failures:
+        print(f"  - {f}")
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
