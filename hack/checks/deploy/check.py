@@ -936,8 +936,7 @@ def main() -> int:
             else:
                 report.fail(f"self-test: CRD validation rejects {what}", "it passed")
 
-    total = report.passed + len(report.failures)
-    print(f"\ndeploy checks: {report.passed} passed, {len(report.failures)} failed (of {total})")
+    print(f"\ndeploy: {report.passed} passed, {len(report.failures)} failed")
     for f in report.failures:
         print(f"  - {f}")
     return 1 if report.failures else 0
