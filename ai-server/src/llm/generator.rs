@@ -459,6 +459,12 @@ impl Scheduler<'_> {
                 Task::Score { .. } => 1,
             };
             let fed = self.reuse_prefix(kind, &job.prompt, &tokens, seq);
+            tracing::debug!(
+                seq,
+                prompt_tokens = tokens.len(),
+                reused = fed,
+                "sequence admitted"
+            );
             self.slots[i] = Some(Slot {
                 seq,
                 reply: job.reply,

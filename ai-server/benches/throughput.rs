@@ -1,0 +1,245 @@
+//! Throughput of `AnalyzeNode` under concurrency: the same requests at 1, 4, 8 and 16 concurrent
+//! clients against a server started with `--parallel 1` (the old one-at-a-time server, the
+//! baseline) and one with `--parallel 8`, in one run. Prints requests/s, p50 and p95 latency and
+//! the ratio between the two servers.
+//!
+//! Models: the tiny test models from `MUTR_MODEL_DIR` by default, or the files named by
+//! `MUTR_GEN_MODEL` and `MUTR_EMBED_MODEL`; `n_gpu_layers` offloads layers on a `cuda` build.
+//! `MUTR_BENCH_REQUESTS` sets the requests per concurrency level (default 48).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mutr_ai_server::llm::{EmbedSettings, GenSettings, LoadedModel};
+use mutr_ai_server::models::{self, Manifest};
+use mutr_ai_server::server::{self, ModelSource, ServerConfig};
+use mutr_ai_server::service::Limits;
+use mutr_proto::{AnalysisRequest, AnalysisServiceClient};
+use tokio::net::TcpListener;
+
+const LEVELS: [usize; 4] = [1, 4, 8, 16];
+
+struct Run {
+    rps: f64,
+    p50: Duration,
+    p95: Duration,
+}
+
+fn requests(n: usize) -> Vec<AnalysisRequest> {
+    let subjects = [
+        "Lily",
+        "Tom",
+        "the old dog",
+        "a small bird",
+        "the baker",
+        "Grandma",
+        "the fox",
+        "Ben",
+    ];
+    let places = [
+        "the park",
+        "the river",
+        "a quiet town",
+        "the forest",
+        "the sea",
+        "the garden",
+    ];
+    (0..n)
+        .map(|i| {
+            let s = subjects[i % subjects.len()];
+            let p = places[(i / subjects.len()) % places.len()];
+            let content = format!("{s} walked to {p} and found something new on day {i}.");
+            AnalysisRequest {
+                content: content.clone(),
+                parent_topic: if i % 4 == 0 {
+                    String::new()
+                } else {
+                    format!("A day at {p}")
+                },
+                baseline_topic: "Small adventures".into(),
+                full_context: format!("{s} woke up early.\nThe sky was clear over {p}.\n{content}"),
+            }
+        })
+        .collect()
+}
+
+fn model_files() -> (PathBuf, PathBuf) {
+    // Explicit files (a GPU run with the production models) win over the tiny ones.
+    if let (Some(g), Some(e)) = (
+        std::env::var_os("MUTR_GEN_MODEL"),
+        std::env::var_os("MUTR_EMBED_MODEL"),
+    ) {
+        return (PathBuf::from(g), PathBuf::from(e));
+    }
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("MUTR_MODEL_DIR").filter(|d| !d.is_empty()) {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
+    dirs.push(models::default_cache_dir());
+    let r = models::resolve(&Manifest::builtin(), Some("tiny"), None, None, &dirs).expect(
+        "tiny models (set MUTR_MODEL_DIR or run `mutr-ai-server fetch-model --profile tiny`)",
+    );
+    (r.generate, r.embed)
+}
+
+async fn measure(
+    parallel: u32,
+    models: &(LoadedModel, LoadedModel),
+    per_level: usize,
+    threads: i32,
+) -> Vec<Run> {
+    let config = ServerConfig {
+        models: ModelSource::Loaded {
+            generate: models.0.clone(),
+            embed: models.1.clone(),
+        },
+        generate: GenSettings {
+            parallel,
+            n_ctx: 1024,
+            n_batch: 512,
+            n_threads: threads,
+        },
+        embed: EmbedSettings {
+            parallel: parallel.next_power_of_two(),
+            n_batch: 2048,
+            n_threads: threads,
+        },
+        limits: Limits {
+            max_content_chars: 4000,
+            max_context_chars: 8000,
+            max_topic_chars: 200,
+            max_in_flight: 1024,
+            request_timeout: Duration::from_secs(120),
+            topic_max_tokens: 30,
+        },
+        max_message_bytes: 256 * 1024,
+        drain_timeout: Duration::from_secs(30),
+        cache: None,
+    };
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (grpc_addr, metrics_addr) = (grpc.local_addr().unwrap(), metrics.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(config, grpc, metrics, async {
+        let _ = stopped.await;
+    }));
+    let ready = format!("http://{metrics_addr}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !reqwest::get(&ready)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "server did not become ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = AnalysisServiceClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .unwrap();
+
+    // Warm-up: one request per client slot.
+    for r in requests(8) {
+        client
+            .clone()
+            .analyze_node(r)
+            .await
+            .expect("warm-up request");
+    }
+    let mut runs = Vec::new();
+    for &clients in &LEVELS {
+        let work = std::sync::Arc::new(tokio::sync::Mutex::new(requests(per_level)));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (mut c, work) = (client.clone(), work.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let Some(req) = work.lock().await.pop() else {
+                        break;
+                    };
+                    let t = Instant::now();
+                    c.analyze_node(req).await.expect("request");
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            }));
+        }
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await.unwrap());
+        }
+        let elapsed = started.elapsed();
+        latencies.sort();
+        let pct = |p: f64| {
+            latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+        };
+        runs.push(Run {
+            rps: per_level as f64 / elapsed.as_secs_f64(),
+            p50: pct(0.50),
+            p95: pct(0.95),
+        });
+    }
+    let _ = stop.send(());
+    task.await.unwrap().expect("clean stop");
+    runs
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing to parse. RUST_LOG turns on the server's logs.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
+    let per_level: usize = std::env::var("MUTR_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as i32);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (g, e) = model_files();
+        let gpu_layers: u32 = std::env::var("n_gpu_layers").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let loaded = tokio::task::spawn_blocking(move || {
+            let g = LoadedModel::load(&g, gpu_layers, models::fingerprint(&g).unwrap()).unwrap();
+            let e = LoadedModel::load(&e, gpu_layers, models::fingerprint(&e).unwrap()).unwrap();
+            (g, e)
+        })
+        .await
+        .unwrap();
+        let base = measure(1, &loaded, per_level, threads).await;
+        let batched = measure(8, &loaded, per_level, threads).await;
+        println!();
+        println!(
+            "ai-server AnalyzeNode, models {} + {}, {per_level} requests per level, {threads} llama.cpp threads",
+            loaded.0.path().file_name().unwrap().to_string_lossy(),
+            loaded.1.path().file_name().unwrap().to_string_lossy()
+        );
+        println!(
+            "| clients | --parallel 8 req/s | --parallel 1 req/s (baseline) | ratio | p50 p8 / p1 | p95 p8 / p1 |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for (i, clients) in LEVELS.iter().enumerate() {
+            let (b, p) = (&base[i], &batched[i]);
+            println!(
+                "| {clients} | {:.1} | {:.1} | {:.2}x | {} / {} | {} / {} |",
+                p.rps,
+                b.rps,
+                p.rps / b.rps,
+                ms(p.p50),
+                ms(b.p50),
+                ms(p.p95),
+                ms(b.p95)
+            );
+        }
+    });
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# AI server throughput: the same AnalyzeNode requests at 1, 4, 8 and 16 concurrent clients against
+# a server with --parallel 1 (the old one-at-a-time server, the baseline) and one with
+# --parallel 8, in one run, with the tiny models. Prints requests/s, p50/p95 and the ratio.
+# MUTR_BENCH_REQUESTS sets the requests per concurrency level (default 48).
+set -euo pipefail
+source "$(dirname "$0")/../lib.sh"
+cd "$ROOT"
+if [ -z "${MUTR_MODEL_DIR:-}" ] && [ -d "$ROOT/../shared/models" ]; then
+    export MUTR_MODEL_DIR="$ROOT/../shared/models"
+fi
+cargo bench -q -p mutr-ai-server --bench throughput
