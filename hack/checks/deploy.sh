@@ -7,9 +7,23 @@
 # Needs no cluster and no network except PyPI (and Debian's mirror when python3 or venv is missing):
 # the tools are pinned with hashes in hack/checks/deploy/requirements.txt and installed once into
 # hack/.cache/deploy-tools (git-ignored), reinstalled when that file changes.
+#
+# Usage: hack/checks/deploy.sh               run every check
+#        hack/checks/deploy.sh --sync-crds   copy crds/*.yaml into the chart and the kustomize base
+#                                            (after `make crds`), then run every check
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 cd "$ROOT"
+
+if [ "${1:-}" = "--sync-crds" ]; then
+    for dest in charts/mutr/crds manifests/base/crds; do
+        rm -f "$dest"/*.yaml
+        cp crds/*.yaml "$dest"/
+        log "copied crds/*.yaml to $dest/"
+    done
+elif [ $# -gt 0 ]; then
+    die "unknown argument: $1 (usage: hack/checks/deploy.sh [--sync-crds])"
+fi
 
 REQUIREMENTS="$ROOT/hack/checks/deploy/requirements.txt"
 VENV="$ROOT/hack/.cache/deploy-tools"

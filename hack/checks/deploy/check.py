@@ -514,7 +514,7 @@ def check_crds(report: Report) -> dict[tuple[str, str], dict[str, Any]]:
             if not filecmp.cmp(CRDS / name, copy_dir / name, shallow=False):
                 problems.append(f"{rel}/{name} differs from crds/{name}")
         if problems:
-            problems.append(f"fix: cp crds/*.yaml {rel}/")
+            problems.append("fix: hack/checks/deploy.sh --sync-crds")
         report.check(f"{rel}/ == crds/", problems)
     docs = [d for p in CRDS.glob("*.yaml") for d in load_all(p.read_text())]
     report.check("crds/ validate as apiextensions.k8s.io/v1", validate_objects(docs, {}))
