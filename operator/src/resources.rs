@@ -443,3 +443,180 @@ pub fn job(md: &MutrDeployment, request: &JobRequest) -> Job {
         },
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn md() -> MutrDeployment {
+        let mut md: MutrDeployment = serde_json::from_value(json!({
+            "apiVersion": "mutr.io/v1alpha1", "kind": "MutrDeployment",
+            "metadata": { "name": "mutr", "namespace": "shop", "uid": "u1" },
+            "spec": {
+                "api": { "image": "api:1", "replicas": 3 },
+                "aiServer": { "image": "ai:1", "model": { "profile": "tiny", "cacheSizeLimit": "2Gi" },
+                              "gpu": { "count": 1, "nodeSelector": { "gpu": "yes" } } },
+                "database": { "name": "db" }, "redis": { "name": "rd", "key": "uri" },
+                "strategy": { "drainTimeoutSeconds": 40 },
+            },
+        }))
+        .unwrap();
+        md.metadata.uid = Some("u1".into());
+        md
+    }
+
+    fn value<T: serde::Serialize>(t: &T) -> Value {
+        serde_json::to_value(t).unwrap()
+    }
+
+    fn env(container: &Value, name: &str) -> Value {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn api_pods_get_credentials_by_reference_their_colour_and_their_own_ai_server() {
+        let d = value(&api_deployment(&md(), Color::Green, 3));
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(
+            env(c, "DATABASE_URL")["valueFrom"]["secretKeyRef"],
+            json!({ "name": "db", "key": "url" })
+        );
+        assert_eq!(
+            env(c, "REDIS_URL")["valueFrom"]["secretKeyRef"],
+            json!({ "name": "rd", "key": "uri" })
+        );
+        assert_eq!(env(c, "MUTR_COLOR")["value"], "green");
+        assert_eq!(
+            env(c, "MUTR_POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        assert_eq!(env(c, "MUTR_AI_URL")["value"], "http://mutr-ai-green:50051");
+        assert_eq!(env(c, "MUTR_DRAIN_TIMEOUT")["value"], "40s");
+        assert_eq!(env(c, "MUTR_HTTP_ADDR")["value"], "0.0.0.0:8080");
+        assert_eq!(
+            c["readinessProbe"]["httpGet"],
+            json!({ "path": "/readyz", "port": "http" })
+        );
+        assert_eq!(
+            c["livenessProbe"]["httpGet"],
+            json!({ "path": "/healthz", "port": "http" })
+        );
+        assert!(
+            pod["terminationGracePeriodSeconds"].as_i64().unwrap() > 40,
+            "grace outlasts the drain"
+        );
+        assert_eq!(
+            d["spec"]["selector"]["matchLabels"]["mutr.io/color"],
+            "green"
+        );
+        assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], "u1");
+    }
+
+    #[test]
+    fn every_pod_runs_locked_down() {
+        let m = md();
+        let pods = [
+            value(&api_deployment(&m, Color::Blue, 1))["spec"]["template"]["spec"].clone(),
+            value(&ai_deployment(&m, Color::Blue, 1))["spec"]["template"]["spec"].clone(),
+            value(&job(
+                &m,
+                &JobRequest::Recover {
+                    id: 1,
+                    from: Color::Blue,
+                },
+            ))["spec"]["template"]["spec"]
+                .clone(),
+        ];
+        for pod in pods {
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+            assert_eq!(
+                pod["securityContext"]["seccompProfile"]["type"],
+                "RuntimeDefault"
+            );
+            let containers = pod["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(pod["initContainers"].as_array().into_iter().flatten());
+            for c in containers {
+                assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{c}");
+                assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+                assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+                assert!(
+                    c["volumeMounts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|m| m["mountPath"] == "/tmp")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ai_server_probes_grpc_fetches_its_model_and_lands_on_gpus() {
+        let d = value(&ai_deployment(&md(), Color::Blue, 2));
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(c["readinessProbe"]["grpc"]["port"], 50051);
+        assert_eq!(env(c, "AI_SERVER_PORT")["value"], "50051");
+        assert_eq!(env(c, "MUTR_METRICS_ADDR")["value"], "0.0.0.0:9090");
+        assert_eq!(env(c, "MUTR_MODEL_DIR")["value"], "/models");
+        assert_eq!(
+            env(c, "REDIS_URL"),
+            Value::Null,
+            "no result cache unless asked"
+        );
+        assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+        assert_eq!(pod["nodeSelector"], json!({ "gpu": "yes" }));
+        assert_eq!(
+            pod["initContainers"][0]["args"],
+            json!(["fetch-model", "--profile", "tiny"])
+        );
+        let models = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "models")
+            .unwrap();
+        assert_eq!(models["emptyDir"]["sizeLimit"], "2Gi");
+    }
+
+    #[test]
+    fn names_stay_within_label_limits() {
+        let names = Names::new(&"m".repeat(crate::crd::MAX_NAME_LEN), "mutr-api");
+        let longest = names.job(&JobRequest::Recover {
+            id: 999_999,
+            from: Color::Green,
+        });
+        assert!(longest.len() <= 63, "{longest}");
+        assert!(
+            names
+                .job(&JobRequest::Migrate {
+                    revision: "0123456789".into()
+                })
+                .len()
+                <= 63
+        );
+    }
+
+    #[test]
+    fn revision_ignores_replicas_and_timing_but_not_images() {
+        let a = md();
+        let mut b = a.clone();
+        b.spec.api.replicas = 9;
+        b.spec.strategy.scale_down_delay_seconds = 1;
+        b.spec.strategy.auto_promote = true;
+        assert_eq!(a.spec.revision(), b.spec.revision());
+        b.spec.api.image = "api:2".into();
+        assert_ne!(a.spec.revision(), b.spec.revision());
+    }
+}

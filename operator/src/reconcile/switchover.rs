@@ -1004,3 +1004,376 @@ pub fn set_condition(
         None => conditions.push(condition),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::MutrDeployment;
+    use serde_json::json;
+
+    fn spec(auto: bool, active: Option<&str>) -> MutrDeploymentSpec {
+        let md: MutrDeployment = serde_json::from_value(json!({
+            "apiVersion": "mutr.io/v1alpha1", "kind": "MutrDeployment", "metadata": { "name": "m" },
+            "spec": {
+                "api": { "image": "api:2", "replicas": 2 }, "aiServer": { "image": "ai:2" },
+                "database": { "name": "db" }, "redis": { "name": "rd" }, "activeColor": active,
+                "strategy": { "autoPromote": auto, "scaleDownDelaySeconds": 30 },
+            },
+        }))
+        .unwrap();
+        md.spec
+    }
+
+    fn up(revision: &str, api: i32, ready: bool) -> ColorObserved {
+        let w = |n: i32| WorkloadObserved {
+            revision: Some(revision.into()),
+            desired: n,
+            ready: if ready { n } else { 0 },
+            available: if ready { n } else { 0 },
+            updated: n,
+            current: true,
+        };
+        ColorObserved {
+            api: Some(w(api)),
+            ai: Some(w(1)),
+            pods: if api > 0 { 3 } else { 0 },
+        }
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-26T00:00:00Z".parse().unwrap()
+    }
+
+    fn active(color: Color, migrated: &str) -> MutrDeploymentStatus {
+        MutrDeploymentStatus {
+            active_color: Some(color),
+            migrated_revision: Some(migrated.into()),
+            switchover_count: 1,
+            ..Default::default()
+        }
+    }
+
+    fn switching(step: SwitchoverStep, scale_down_in: Option<i64>) -> MutrDeploymentStatus {
+        let rev = spec(false, None).revision();
+        MutrDeploymentStatus {
+            active_color: Some(
+                if step == SwitchoverStep::Switching || step == SwitchoverStep::Activating {
+                    Color::Blue
+                } else {
+                    Color::Green
+                },
+            ),
+            migrated_revision: Some(rev.clone()),
+            switchover_count: 2,
+            switchover: Some(SwitchoverProgress {
+                id: 2,
+                from: Some(Color::Blue),
+                to: Color::Green,
+                revision: rev,
+                step,
+                rollback: false,
+                started_at: Time(now()),
+                scale_down_at: scale_down_in
+                    .map(|s| Time(now().checked_add(SignedDuration::from_secs(s)).unwrap())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        spec: MutrDeploymentSpec,
+        status: MutrDeploymentStatus,
+        observed: Observed,
+        // Expected:
+        phase: Phase,
+        step: Option<SwitchoverStep>,
+        service: Option<Color>,
+        green: ColorAction,
+        blue: ColorAction,
+        jobs: Vec<JobRequest>,
+        event: Option<&'static str>,
+    }
+
+    #[test]
+    fn switchover_table() {
+        let rev = spec(false, None).revision();
+        let r = rev.as_str();
+        let blue_v1 = up("old", 2, true);
+        let cases = vec![
+            Case {
+                name: "first creation waits for the migration",
+                spec: spec(false, None),
+                status: MutrDeploymentStatus::default(),
+                observed: Observed::default(),
+                phase: Phase::Migrating,
+                step: None,
+                service: None,
+                green: ColorAction::Keep,
+                blue: ColorAction::Keep,
+                jobs: vec![JobRequest::Migrate {
+                    revision: rev.clone(),
+                }],
+                event: Some("MigrationStarted"),
+            },
+            Case {
+                name: "first creation deploys blue after the migration",
+                spec: spec(false, None),
+                status: MutrDeploymentStatus::default(),
+                observed: Observed {
+                    migration: JobState::Succeeded { message: None },
+                    ..Default::default()
+                },
+                phase: Phase::Switching,
+                step: Some(SwitchoverStep::Switching),
+                service: None,
+                green: ColorAction::Keep,
+                blue: ColorAction::Apply { api: 2, ai: 1 },
+                jobs: vec![],
+                event: Some("SwitchoverStarted"),
+            },
+            Case {
+                name: "new revision goes to the idle colour at preview size",
+                spec: spec(false, None),
+                status: active(Color::Blue, r),
+                observed: Observed {
+                    blue: blue_v1.clone(),
+                    active_service: Some(Color::Blue),
+                    ..Default::default()
+                },
+                phase: Phase::PreviewStarting,
+                step: None,
+                service: Some(Color::Blue),
+                green: ColorAction::Apply { api: 2, ai: 1 },
+                blue: ColorAction::Keep,
+                jobs: vec![],
+                event: Some("PreviewStarting"),
+            },
+            Case {
+                name: "promotion refused while green is not ready",
+                spec: spec(false, Some("green")),
+                status: active(Color::Blue, r),
+                observed: Observed {
+                    blue: blue_v1.clone(),
+                    green: up(r, 2, false),
+                    active_service: Some(Color::Blue),
+                    ..Default::default()
+                },
+                phase: Phase::PreviewStarting,
+                step: None,
+                service: Some(Color::Blue),
+                green: ColorAction::Apply { api: 2, ai: 1 },
+                blue: ColorAction::Keep,
+                jobs: vec![],
+                event: Some("PromotionRefused"),
+            },
+            Case {
+                name: "promotion of a ready green flips traffic and activates it",
+                spec: spec(false, Some("green")),
+                status: active(Color::Blue, r),
+                observed: Observed {
+                    blue: blue_v1.clone(),
+                    green: up(r, 2, true),
+                    active_service: Some(Color::Blue),
+                    ..Default::default()
+                },
+                phase: Phase::Switching,
+                step: Some(SwitchoverStep::Activating),
+                service: Some(Color::Green),
+                green: ColorAction::Apply { api: 2, ai: 1 },
+                blue: ColorAction::Keep,
+                jobs: vec![JobRequest::Activate {
+                    id: 2,
+                    color: Color::Green,
+                }],
+                event: Some("TrafficSwitched"),
+            },
+            Case {
+                name: "old colour waits out the scale-down delay",
+                spec: spec(false, Some("green")),
+                status: switching(SwitchoverStep::ScaleDownPending, Some(10)),
+                observed: Observed {
+                    blue: blue_v1.clone(),
+                    green: up(r, 2, true),
+                    active_service: Some(Color::Green),
+                    ..Default::default()
+                },
+                phase: Phase::Switching,
+                step: Some(SwitchoverStep::ScaleDownPending),
+                service: Some(Color::Green),
+                green: ColorAction::Keep,
+                blue: ColorAction::Keep,
+                jobs: vec![],
+                event: None,
+            },
+            Case {
+                name: "old colour scales down after the delay; recovery waits for its pods",
+                spec: spec(false, Some("green")),
+                status: switching(SwitchoverStep::ScaleDownPending, Some(0)),
+                observed: Observed {
+                    blue: blue_v1.clone(),
+                    green: up(r, 2, true),
+                    active_service: Some(Color::Green),
+                    ..Default::default()
+                },
+                phase: Phase::Switching,
+                step: Some(SwitchoverStep::Draining),
+                service: Some(Color::Green),
+                green: ColorAction::Keep,
+                blue: ColorAction::Scale { api: 0, ai: 0 },
+                jobs: vec![],
+                event: Some("ScalingDown"),
+            },
+            Case {
+                name: "recovery runs once the old pods are gone",
+                spec: spec(false, Some("green")),
+                status: switching(SwitchoverStep::Draining, Some(0)),
+                observed: Observed {
+                    blue: up("old", 0, true),
+                    green: up(r, 2, true),
+                    active_service: Some(Color::Green),
+                    ..Default::default()
+                },
+                phase: Phase::Switching,
+                step: Some(SwitchoverStep::Recovering),
+                service: Some(Color::Green),
+                green: ColorAction::Keep,
+                blue: ColorAction::Scale { api: 0, ai: 0 },
+                jobs: vec![JobRequest::Recover {
+                    id: 2,
+                    from: Color::Blue,
+                }],
+                event: None,
+            },
+            Case {
+                name: "recovering goes back to draining if old pods reappear",
+                spec: spec(false, Some("green")),
+                status: switching(SwitchoverStep::Recovering, Some(0)),
+                observed: Observed {
+                    blue: up("old", 1, true),
+                    green: up(r, 2, true),
+                    active_service: Some(Color::Green),
+                    ..Default::default()
+                },
+                phase: Phase::Switching,
+                step: Some(SwitchoverStep::Draining),
+                service: Some(Color::Green),
+                green: ColorAction::Keep,
+                blue: ColorAction::Scale { api: 0, ai: 0 },
+                jobs: vec![],
+                event: None,
+            },
+            Case {
+                name: "abort while activating rolls back to blue",
+                spec: MutrDeploymentSpec {
+                    aborted_revision: Some(rev.clone()),
+                    ..spec(false, Some("blue"))
+                },
+                status: switching(SwitchoverStep::Activating, None),
+                observed: Observed {
+                    blue: blue_v1.clone(),
+                    green: up(r, 2, true),
+                    active_service: Some(Color::Green),
+                    ..Default::default()
+                },
+                phase: Phase::Switching,
+                step: Some(SwitchoverStep::Activating),
+                service: Some(Color::Blue),
+                green: ColorAction::Keep,
+                blue: ColorAction::Scale { api: 2, ai: 1 },
+                jobs: vec![JobRequest::Activate {
+                    id: 3,
+                    color: Color::Blue,
+                }],
+                event: Some("RollingBack"),
+            },
+        ];
+        for case in cases {
+            let observed = case.observed.clone();
+            let input = Input {
+                generation: 2,
+                spec: &case.spec,
+                status: &case.status,
+                observed: &observed,
+                now: now(),
+            };
+            let plan = plan(input);
+            let name = case.name;
+            assert_eq!(plan.status.phase, case.phase, "{name}");
+            assert_eq!(
+                plan.status.switchover.as_ref().map(|s| s.step),
+                case.step,
+                "{name}"
+            );
+            let service = plan.active_service.or(observed.active_service);
+            assert_eq!(service, case.service, "{name}");
+            assert_eq!((plan.green, plan.blue), (case.green, case.blue), "{name}");
+            assert_eq!(plan.jobs, case.jobs, "{name}");
+            if let Some(event) = case.event {
+                assert!(
+                    plan.events.iter().any(|e| e.reason == event),
+                    "{name}: {:?}",
+                    plan.events
+                );
+            }
+            // A restart at this step (same stored status, same cluster) decides exactly the same.
+            assert_eq!(super::plan(input), plan, "{name}: not deterministic");
+            // Applying the plan and planning again from the new status is stable: no job or
+            // selector flips back.
+            let again = super::plan(Input {
+                status: &plan.status,
+                ..input
+            });
+            assert!(
+                again.jobs.iter().all(|j| plan.jobs.contains(j)
+                    || matches!(j, JobRequest::Recover { .. } | JobRequest::Activate { .. })),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn summary_parses_the_last_json_line() {
+        let s = parse_summary(
+            "starting\n{\"fromColor\":\"blue\",\"returnedToPending\":3,\"stillProcessing\":1}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.from_color.as_str(),
+                s.returned_to_pending,
+                s.still_processing
+            ),
+            ("blue", 3, 1)
+        );
+        assert!(parse_summary("no json here").is_none());
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_unchanged() {
+        let mut conditions = Vec::new();
+        set_condition(&mut conditions, "Ready", true, "Serving", "ok", 1, now());
+        let later = now().checked_add(SignedDuration::from_secs(60)).unwrap();
+        set_condition(
+            &mut conditions,
+            "Ready",
+            true,
+            "Serving",
+            "still ok",
+            2,
+            later,
+        );
+        assert_eq!(conditions[0].last_transition_time.0, now());
+        set_condition(
+            &mut conditions,
+            "Ready",
+            false,
+            "ActiveUnavailable",
+            "down",
+            3,
+            later,
+        );
+        assert_eq!(conditions[0].last_transition_time.0, later);
+        assert_eq!(conditions.len(), 1);
+    }
+}
