@@ -35,7 +35,7 @@ async fn serve_becomes_ready_and_exits_zero_on_sigterm() {
         .env("MUTR_MODEL_PROFILE", "tiny")
         .env("MUTR_PARALLEL", "2")
         .env("n_ctx", "512")
-        .env("n_threads", "2")
+        .env("n_threads", "1")
         .env_remove("REDIS_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -90,6 +90,8 @@ pub fn limits(o: &Opts) -> Limits {
     }
 }
 
+/// Tests run one llama.cpp thread per worker: test processes run side by side, and OpenMP
+/// threads that spin-wait for each other on an oversubscribed machine make everything crawl.
 pub fn config(o: &Opts, models: ModelSource) -> ServerConfig {
     let cache = o.redis_url.as_ref().map(|url| {
         mutr_ai_server::cache::ResultCache::new(
@@ -107,12 +109,12 @@ pub fn config(o: &Opts, models: ModelSource) -> ServerConfig {
             parallel: o.parallel,
             n_ctx: o.n_ctx,
             n_batch: o.n_batch,
-            n_threads: 2,
+            n_threads: 1,
         },
         embed: EmbedSettings {
             parallel: o.parallel.next_power_of_two(),
             n_batch: 2048,
-            n_threads: 2,
+            n_threads: 1,
         },
         limits: limits(o),
         max_message_bytes: o.max_message_bytes,
