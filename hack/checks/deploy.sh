@@ -44,7 +44,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$sta
     rm -rf "$VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-        --only-binary=:all: --require-hashes -r "$REQUIREMENTS" \
+        --only-binary=:all: --require-hashes --no-deps -r "$REQUIREMENTS" \
         || die "could not install the deploy-check tools from PyPI (see $REQUIREMENTS)"
     echo "$stamp" > "$VENV/.stamp"
 fi

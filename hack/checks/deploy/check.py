@@ -178,6 +178,57 @@ def strict_crd_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return close(root)
 
 
+def load_cel() -> Any:
+    """The compiled CEL evaluator of the common-expression-language wheel. Its package __init__ also
+    imports a command-line front end whose dependencies are not installed, so the extension module
+    is loaded on its own."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("cel")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the common-expression-language package is not installed")
+    so = next(Path(spec.submodule_search_locations[0]).glob("cel.*.so"))
+    ext_spec = importlib.util.spec_from_file_location("cel.cel", so)
+    module = importlib.util.module_from_spec(ext_spec)
+    ext_spec.loader.exec_module(module)
+    return module
+
+
+_CEL: Any = None
+
+
+def cel_problems(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """Evaluates the x-kubernetes-validations rules of a CRD schema against an object, as the API
+    server does on create (transition rules, which need oldSelf, do not apply to a create)."""
+    global _CEL
+    if _CEL is None:
+        _CEL = load_cel()
+    problems = []
+    for rule in schema.get("x-kubernetes-validations") or []:
+        if "oldSelf" in rule["rule"]:
+            continue
+        try:
+            ok = _CEL.evaluate(rule["rule"], {"self": value})
+        except Exception as e:  # noqa: BLE001 - an unevaluable rule is a finding too
+            problems.append(f"{path or '<root>'}: rule {rule['rule']!r} could not be evaluated: {e}")
+            continue
+        if ok is not True:
+            problems.append(f"{path or '<root>'}: {rule.get('message') or rule['rule']}")
+    if isinstance(value, dict):
+        for key, sub in (schema.get("properties") or {}).items():
+            if key in value:
+                problems += cel_problems(sub, value[key], f"{path}.{key}" if path else key)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key, v in value.items():
+                if key not in (schema.get("properties") or {}):
+                    problems += cel_problems(extra, v, f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            problems += cel_problems(schema["items"], item, f"{path}[{i}]")
+    return problems
+
+
 def validate_objects(docs: list[dict[str, Any]], crds: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     """Strict schema validation of every object: built-in kinds against the Kubernetes schemas of
     each version in KUBE_VERSIONS, custom resources against their CRD's structural schema."""
@@ -190,6 +241,7 @@ def validate_objects(docs: list[dict[str, Any]], crds: dict[tuple[str, str], dic
                 jsonschema.Draft7Validator(schema).validate(d)
             except jsonschema.ValidationError as e:
                 problems.append(f"{obj_name(d)}: {'.'.join(map(str, e.absolute_path))}: {e.message}")
+            problems += [f"{obj_name(d)}: {p}" for p in cel_problems(crds[key], d)]
             continue
         for version in KUBE_VERSIONS:
             try:
@@ -926,6 +978,15 @@ def main() -> int:
     if md and crds:
         for what, breaker in (
             ("an unknown field", lambda d: d["spec"]["api"].update(imagee="x")),
+            ("a name over 40 characters (CEL rule)", lambda d: d["metadata"].update(name="m" * 41)),
+            (
+                "an operator-owned env var (CEL rule)",
+                lambda d: d["spec"]["api"].setdefault("env", []).append({"name": "DATABASE_URL", "value": "x"}),
+            ),
+            (
+                "a model claim with a cache size limit (CEL rule)",
+                lambda d: d["spec"]["aiServer"]["model"].update(persistentVolumeClaim="models", cacheSizeLimit="1Gi"),
+            ),
             ("a missing database reference", lambda d: d["spec"].pop("database")),
             ("an unknown colour", lambda d: d["spec"].update(activeColor="red")),
         ):
