@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// MUTR API: HTTP endpoints, live push and the hand-off to the analysis pipeline.
 #[derive(Debug, Parser)]
-#[command(name = "mutr-api", version, about)]
+#[command(name = "mutr-api", version, about, args_override_self = true)]
 pub struct Cli {
     /// Log format: `text` for people, `json` for clusters.
     #[arg(long, env = "MUTR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]

@@ -252,3 +252,204 @@ fn filter(s: &str) -> Option<MutationFilter> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{db::users, domain::lineage::Ancestor};
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    use sqlx::PgPool;
+
+    async fn author(pool: &PgPool) -> i64 {
+        users::create_guest(pool, "테스트_작가_0001", &rand::random::<[u8; 16]>())
+            .await
+            .unwrap()
+            .id
+    }
+
+    async fn add(
+        pool: &PgPool,
+        author_id: i64,
+        content: &str,
+        parent: Option<i64>,
+        at: (f64, f64, f64),
+    ) -> Inserted {
+        let parent = match parent {
+            Some(id) => {
+                let p = super::parent(pool, id).await.unwrap().unwrap();
+                Some((p.id, p.root_id))
+            }
+            None => None,
+        };
+        insert(
+            pool,
+            &NewNode {
+                content,
+                author_id,
+                parent,
+                x: at.0,
+                y: at.1,
+                z: at.2,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    #[sqlx::test]
+    async fn insert_root_and_child(pool: PgPool) {
+        let a = author(&pool).await;
+        let root = add(&pool, a, "root", None, (1.0, 2.0, 3.0)).await;
+        assert_eq!(root.root_id, root.id);
+        let child = add(&pool, a, "child", Some(root.id), (4.0, 5.0, 6.0)).await;
+        assert_eq!(child.root_id, root.id);
+        let grandchild = add(&pool, a, "grandchild", Some(child.id), (0.0, 0.0, 0.0)).await;
+        assert_eq!(grandchild.root_id, root.id);
+
+        let found = find(&pool, root.id).await.unwrap().unwrap();
+        assert_eq!(found.analysis_status, AnalysisStatus::Pending);
+        assert_eq!(found.mutation_filter, Some(MutationFilter::Origin));
+        assert_eq!(found.mutation_score, Some(0.0));
+        assert_eq!(found.author_nickname, "테스트_작가_0001");
+        let found = find(&pool, child.id).await.unwrap().unwrap();
+        assert_eq!(
+            (found.parent_id, found.mutation_filter, found.mutation_score),
+            (Some(root.id), None, None)
+        );
+        assert_eq!((found.x, found.y, found.z), (4.0, 5.0, 6.0));
+        assert_eq!(find(&pool, 999_999).await.unwrap(), None);
+
+        let p = parent(&pool, child.id).await.unwrap().unwrap();
+        assert_eq!(
+            (p.root_id, p.topic, p.analysis_status),
+            (root.id, None, AnalysisStatus::Pending)
+        );
+        assert_eq!(parent(&pool, 999_999).await.unwrap(), None);
+    }
+
+    #[sqlx::test]
+    async fn insert_with_missing_parent_violates_the_foreign_key(pool: PgPool) {
+        let a = author(&pool).await;
+        let err = insert(
+            &pool,
+            &NewNode {
+                content: "x",
+                author_id: a,
+                parent: Some((424_242, 424_242)),
+                x: 0.0,
+                y: 0.0,
+                z: 0.0,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.as_database_error()
+                .is_some_and(|e| e.is_foreign_key_violation())
+        );
+    }
+
+    /// The CTE against the plain rule, on random chains with random lengths and topics.
+    #[sqlx::test]
+    async fn lineage_cte_matches_the_rule(pool: PgPool) {
+        let a = author(&pool).await;
+        let mut rng = StdRng::seed_from_u64(5);
+        for _ in 0..12 {
+            let depth = rng.random_range(1..12);
+            let mut chain: Vec<(i64, Ancestor)> = Vec::new(); // root first
+            for _ in 0..depth {
+                let len = rng.random_range(1..260);
+                let content: String = (0..len)
+                    .map(|_| if rng.random_bool(0.5) { '가' } else { 'a' })
+                    .collect();
+                let parent = chain.last().map(|(id, _)| *id);
+                let id = add(&pool, a, &content, parent, (0.0, 0.0, 0.0)).await.id;
+                let topic = rng.random_bool(0.6).then(|| format!("topic-{id}"));
+                if let Some(t) = &topic {
+                    sqlx::query!(
+                        "UPDATE nodes SET topic = $1, analysis_status = 'COMPLETED' WHERE id = $2",
+                        t,
+                        id
+                    )
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                }
+                chain.push((id, Ancestor { content, topic }));
+            }
+            let own: String = "n".repeat(rng.random_range(1..600));
+            let ancestors: Vec<Ancestor> = chain.iter().rev().map(|(_, a)| a.clone()).collect();
+            let expected = lineage::window(&own, &ancestors);
+            let parent_id = chain.last().map(|(id, _)| *id);
+            let got = lineage(&pool, &own, parent_id).await.unwrap();
+            assert_eq!(got, expected, "depth {depth}, own {} chars", own.len());
+        }
+        // A root has only itself.
+        let got = lineage(&pool, "alone", None).await.unwrap();
+        assert_eq!(got, lineage::window("alone", &[]));
+    }
+
+    #[sqlx::test]
+    async fn in_cube_filters_each_axis_and_caps_newest_first(pool: PgPool) {
+        let a = author(&pool).await;
+        let mut ids = Vec::new();
+        for at in [
+            (0.0, 0.0, 0.0),
+            (10.0, 10.0, 10.0),
+            (-10.0, 10.0, -10.0),
+            (11.0, 0.0, 0.0),
+            (0.0, -11.0, 0.0),
+            (0.0, 0.0, 10.01),
+        ] {
+            ids.push(add(&pool, a, "p", None, at).await.id);
+        }
+        let cube = Cube {
+            x: 0.0,
+            y: 0.0,
+            z: 0.0,
+            range: 10.0,
+        };
+        let got: Vec<i64> = in_cube(&pool, cube, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.id)
+            .collect();
+        assert_eq!(got, vec![ids[2], ids[1], ids[0]]);
+        let capped: Vec<i64> = in_cube(&pool, cube, 2)
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.id)
+            .collect();
+        assert_eq!(capped, vec![ids[2], ids[1]]);
+        let off = Cube { x: 100.0, ..cube };
+        assert!(in_cube(&pool, off, 100).await.unwrap().is_empty());
+    }
+
+    #[sqlx::test]
+    async fn in_cube_uses_the_spatial_index(pool: PgPool) {
+        // A plan check rather than a timing: with enough rows the GiST index must be chosen.
+        let a = author(&pool).await;
+        sqlx::query(
+            "INSERT INTO nodes (id, content, author_id, root_id, x, y, z)
+             SELECT g, 'n', $1, g, (g % 1000) * 3.0, (g / 1000) * 3.0, 0
+             FROM generate_series(1, 20000) g",
+        )
+        .bind(a)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("ANALYZE nodes").execute(&pool).await.unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(
+            "EXPLAIN SELECT id FROM nodes n
+             WHERE point(n.x, n.y) <@ box(point(-10, -10), point(10, 10)) AND n.z BETWEEN -10 AND 10
+             ORDER BY n.id DESC LIMIT 5000",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("nodes_xy"), "{plan}");
+    }
+}

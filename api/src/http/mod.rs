@@ -28,7 +28,6 @@ use crate::{
 
 /// The API's routes with every layer applied, ready to serve.
 pub fn app(state: AppState) -> Router {
-    let limits = state.limits.clone();
     let api = Router::new()
         .route("/api/v1/auth/guest", post(auth::issue_guest))
         .route("/api/v1/users/me", get(users::me))
@@ -37,7 +36,15 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .merge(page::router())
+        .merge(page::router());
+    with_layers(api, &state).with_state(state)
+}
+
+/// Adds what every API route gets: the envelope for unknown routes, wrong methods, rejections,
+/// timeouts and panics; the body limit; request metrics; CORS when configured.
+pub fn with_layers(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    let limits = &state.limits;
+    let routes = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -53,11 +60,10 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn(envelope_errors))
         .layer(middleware::from_fn(track_metrics));
-    let api = match cors(&state.cors_origins) {
-        Some(layer) => api.layer(layer),
-        None => api,
-    };
-    api.with_state(state)
+    match cors(&state.cors_origins) {
+        Some(layer) => routes.layer(layer),
+        None => routes,
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -1,0 +1,689 @@
+//! HTTP end to end: the real server on `127.0.0.1:0` over a fresh database, each endpoint and each
+//! bad input of CONTRACT.md and issue 5.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestServer, error, ok};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use mutr_api::auth::jwt::MemberClaims;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+const SECRET: &str = "http-test-secret-0123456789-abcdef";
+
+fn now() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp()).unwrap()
+}
+
+fn member_token(sub: &str, provider: Option<&str>, exp: u64, secret: &str) -> String {
+    let claims = MemberClaims {
+        sub: sub.into(),
+        auth: "ROLE_USER".into(),
+        exp,
+        iat: now(),
+        provider: provider.map(Into::into),
+        email: Some("ada@example.com".into()),
+        nickname: Some("에이다".into()),
+    };
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn guest_gets_token_and_korean_nickname_and_only_a_hash_is_stored(pool: PgPool) {
+    let s = TestServer::start(pool).await;
+    let (token, nickname) = s.guest().await;
+    assert!(uuid::Uuid::parse_str(&token).is_ok(), "{token}");
+    let parts: Vec<&str> = nickname.split('_').collect();
+    assert_eq!(parts.len(), 3, "{nickname}");
+    assert!(
+        parts[0].chars().all(|c| ('가'..='힣').contains(&c)),
+        "{nickname}"
+    );
+    assert!(
+        parts[1].chars().all(|c| ('가'..='힣').contains(&c)),
+        "{nickname}"
+    );
+    assert!(
+        parts[2].len() == 4 && parts[2].chars().all(|c| c.is_ascii_digit()),
+        "{nickname}"
+    );
+
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT guest_token_hash FROM users WHERE nickname = $1")
+            .bind(&nickname)
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, Sha256::digest(token.as_bytes()).to_vec());
+    let leaked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM users WHERE position($1::bytea IN guest_token_hash) > 0",
+    )
+    .bind(token.as_bytes())
+    .fetch_one(&s.pool)
+    .await
+    .unwrap();
+    assert_eq!(leaked, 0);
+
+    let me = ok(s
+        .http
+        .get(s.url("/api/v1/users/me"))
+        .header("X-Guest-Token", &token)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert_eq!(
+        me,
+        json!({"nickname": nickname, "email": null, "role": "ROLE_GUEST", "provider": null, "isMember": false})
+    );
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn users_me_rejects_missing_and_unknown_credentials(pool: PgPool) {
+    let s = TestServer::start_with(pool, &["--jwt-secret", SECRET]).await;
+    let me = s.url("/api/v1/users/me");
+    error(
+        s.http.get(&me).send().await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    error(
+        s.http
+            .get(&me)
+            .header("X-Guest-Token", uuid::Uuid::new_v4().to_string())
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    for bad in [
+        member_token(
+            "1",
+            Some("google"),
+            now() + 600,
+            "not-the-secret-not-the-secret",
+        ),
+        member_token("1", Some("google"), now() - 3600, SECRET),
+        "garbage".to_owned(),
+    ] {
+        error(
+            s.http.get(&me).bearer_auth(bad).send().await.unwrap(),
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+    }
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn member_is_created_on_first_sight_and_bearer_wins(pool: PgPool) {
+    let s = TestServer::start_with(pool, &["--jwt-secret", SECRET]).await;
+    let (guest, _) = s.guest().await;
+    let token = member_token("1077", Some("google"), now() + 600, SECRET);
+    let me = s.url("/api/v1/users/me");
+    let first = ok(s
+        .http
+        .get(&me)
+        .bearer_auth(&token)
+        .header("X-Guest-Token", &guest)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert_eq!(
+        first,
+        json!({"nickname": "에이다", "email": "ada@example.com", "role": "ROLE_USER", "provider": "google", "isMember": true})
+    );
+    ok(s.http.get(&me).bearer_auth(&token).send().await.unwrap()).await;
+    // A token of the old server (no provider claim) finds the member by subject alone.
+    let legacy = member_token("1077", None, now() + 600, SECRET);
+    assert_eq!(
+        ok(s.http.get(&me).bearer_auth(&legacy).send().await.unwrap()).await,
+        first
+    );
+    let members: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'ROLE_USER'")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(members, 1);
+
+    // Members write too.
+    let node = ok(s
+        .http
+        .post(s.url("/api/v1/nodes"))
+        .bearer_auth(&token)
+        .json(&json!({"content": "member's root"}))
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert_eq!(node["authorNickname"], "에이다");
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn member_tokens_refused_without_a_key(pool: PgPool) {
+    let s = TestServer::start(pool).await;
+    let token = member_token("1", Some("google"), now() + 600, SECRET);
+    error(
+        s.http
+            .get(s.url("/api/v1/users/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn rs256_member_tokens_verify_with_the_public_key(pool: PgPool) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let public = std::fs::read_to_string(format!("{dir}/jwt-test-rs256.pub.pem")).unwrap();
+    let private = std::fs::read(format!("{dir}/jwt-test-rs256.key.pem")).unwrap();
+    // `=` because a PEM value starts with dashes.
+    let key_flag = format!("--jwt-public-key={public}");
+    let s = TestServer::start_with(pool, &[&key_flag, "--jwt-secret", SECRET]).await;
+    let claims = MemberClaims {
+        sub: "k-9".into(),
+        auth: "ROLE_USER".into(),
+        exp: now() + 600,
+        iat: now(),
+        provider: Some("kakao".into()),
+        email: None,
+        nickname: None,
+    };
+    let token = encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(&private).unwrap(),
+    )
+    .unwrap();
+    let me = ok(s
+        .http
+        .get(s.url("/api/v1/users/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert_eq!(me["provider"], "kakao");
+    assert_eq!(me["role"], "ROLE_USER");
+    assert!(
+        me["nickname"].as_str().unwrap().split('_').count() == 3,
+        "generated nickname: {me}"
+    );
+    // With a public key configured, an HS256 token is not accepted.
+    let hs = member_token("k-9", Some("kakao"), now() + 600, SECRET);
+    error(
+        s.http
+            .get(s.url("/api/v1/users/me"))
+            .bearer_auth(hs)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn create_root_and_child_then_broadcast_and_hand_off_after_commit(pool: PgPool) {
+    let s = TestServer::start(pool).await;
+    let (token, nickname) = s.guest().await;
+
+    let root = ok(s
+        .post_node(
+            &token,
+            json!({"content": "첫 기록", "x": 10.123, "y": -5.0, "z": null}),
+        )
+        .await)
+    .await;
+    let root_id = root["id"].as_i64().unwrap();
+    assert_eq!(root["rootId"], root_id);
+    assert_eq!(root["parentId"], Value::Null);
+    assert_eq!(root["analysisStatus"], "PENDING");
+    assert_eq!(root["mutationFilter"], "ORIGIN");
+    assert_eq!(root["mutationScore"], 0.0);
+    assert_eq!(root["topic"], Value::Null);
+    assert_eq!(root["emotion"], "neutral");
+    assert_eq!(root["authorNickname"], nickname.as_str());
+    assert_eq!(
+        (root["x"].as_f64(), root["y"].as_f64(), root["z"].as_f64()),
+        (Some(10.12), Some(-5.0), Some(0.0))
+    );
+    let crated = root["cratedAt"].as_str().unwrap();
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(crated, "%Y-%m-%dT%H:%M:%S%.3f").is_ok(),
+        "{crated}"
+    );
+
+    let event = s.next_handoff().await;
+    assert_eq!(event.node_id, root_id);
+    assert_eq!(event.parent_id, None);
+    assert_eq!(event.full_context, "첫 기록");
+    assert_eq!(event.baseline_topic, "");
+
+    let child = ok(s
+        .post_node(
+            &token,
+            json!({"parentId": root_id, "content": "답글", "dirX": 0.0, "dirY": 0.0, "dirZ": 1.0}),
+        )
+        .await)
+    .await;
+    assert_eq!(child["parentId"], root_id);
+    assert_eq!(child["rootId"], root_id);
+    assert_eq!(child["mutationFilter"], Value::Null);
+    let (dx, dy, dz) = (
+        child["x"].as_f64().unwrap() - 10.12,
+        child["y"].as_f64().unwrap() + 5.0,
+        child["z"].as_f64().unwrap(),
+    );
+    let distance = (dx * dx + dy * dy + dz * dz).sqrt();
+    assert!(
+        (distance - 15.0).abs() < 0.02,
+        "child is {distance} from its parent"
+    );
+    assert!(
+        dz > 15.0 * 85f64.to_radians().cos() - 0.02,
+        "child is within 85 degrees of the gaze: dz {dz}"
+    );
+
+    let event = s.next_handoff().await;
+    assert_eq!(event.node_id, child["id"].as_i64().unwrap());
+    assert_eq!(event.parent_id, Some(root_id));
+    assert_eq!(
+        event.parent_topic_hint, None,
+        "the parent is not analysed yet"
+    );
+    assert_eq!(event.full_context, "첫 기록\n답글");
+
+    // Once the parent is analysed, the event carries its topic as the hint.
+    sqlx::query("UPDATE nodes SET analysis_status = 'COMPLETED', topic = '시작' WHERE id = $1")
+        .bind(root_id)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    ok(
+        s.post_node(&token, json!({"parentId": root_id, "content": "둘째"}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        s.next_handoff().await.parent_topic_hint.as_deref(),
+        Some("시작")
+    );
+
+    let published = s.published();
+    assert_eq!(published.len(), 3);
+    for p in &published {
+        assert_eq!(p.destination, "/topic/galaxy/public");
+        assert!(
+            p.committed_when_published,
+            "broadcast before commit: {:?}",
+            p.body
+        );
+    }
+    assert_eq!(published[0].body, root);
+    assert_eq!(published[1].body, child);
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn create_rejects_bad_input(pool: PgPool) {
+    let s = TestServer::start(pool).await;
+    let (token, _) = s.guest().await;
+    let nodes = s.url("/api/v1/nodes");
+
+    for body in [
+        json!({"content": ""}),
+        json!({"content": " \n\t "}),
+        json!({"content": "가".repeat(5001)}),
+        json!({"content": 5}),
+        json!({"nothing": "here"}),
+        json!({"content": "x", "parentId": "one"}),
+        json!({"content": "x", "x": "far"}),
+    ] {
+        error(s.post_node(&token, body).await, StatusCode::BAD_REQUEST).await;
+    }
+    // Exactly 5000 characters (15,000 bytes of Hangul) is accepted.
+    ok(s.post_node(&token, json!({"content": "가".repeat(5000)}))
+        .await)
+    .await;
+
+    // Not finite: JSON cannot carry NaN, and 1e999 overflows.
+    let overflow = s
+        .http
+        .post(&nodes)
+        .header("X-Guest-Token", &token)
+        .header("content-type", "application/json")
+        .body(r#"{"content": "x", "x": 1e999}"#)
+        .send()
+        .await
+        .unwrap();
+    error(overflow, StatusCode::BAD_REQUEST).await;
+    let malformed = s
+        .http
+        .post(&nodes)
+        .header("X-Guest-Token", &token)
+        .header("content-type", "application/json")
+        .body(r#"{"content": "#)
+        .send()
+        .await
+        .unwrap();
+    error(malformed, StatusCode::BAD_REQUEST).await;
+
+    let missing_parent = s
+        .post_node(&token, json!({"content": "orphan", "parentId": 999_999}))
+        .await;
+    assert!(
+        error(missing_parent, StatusCode::NOT_FOUND)
+            .await
+            .contains("999999")
+    );
+
+    let wrong_type = s
+        .http
+        .post(&nodes)
+        .header("X-Guest-Token", &token)
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    error(wrong_type, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+
+    let huge = json!({"content": "x".repeat(70 * 1024)});
+    error(
+        s.post_node(&token, huge).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+
+    let anonymous = s
+        .http
+        .post(&nodes)
+        .json(&json!({"content": "who"}))
+        .send()
+        .await
+        .unwrap();
+    error(anonymous, StatusCode::UNAUTHORIZED).await;
+
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM nodes")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 1, "only the valid node was stored");
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn writes_are_rate_limited_per_user(pool: PgPool) {
+    let s =
+        TestServer::start_with(pool, &["--write-rate-per-sec", "1", "--write-burst", "3"]).await;
+    let (alice, _) = s.guest().await;
+    let (bob, _) = s.guest().await;
+    for i in 0..3 {
+        ok(s.post_node(&alice, json!({"content": format!("a{i}")}))
+            .await)
+        .await;
+    }
+    let limited = s.post_node(&alice, json!({"content": "a3"})).await;
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    error(limited, StatusCode::TOO_MANY_REQUESTS).await;
+    ok(s.post_node(&bob, json!({"content": "b0"})).await).await;
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn viz_returns_the_cube_capped(pool: PgPool) {
+    let s =
+        TestServer::start_with(pool, &["--write-rate-per-sec", "0", "--viz-max-nodes", "3"]).await;
+    let (token, _) = s.guest().await;
+    let mut inside = Vec::new();
+    for (x, y, z) in [
+        (0.0, 0.0, 0.0),
+        (199.0, -199.0, 200.0),
+        (201.0, 0.0, 0.0),
+        (0.0, 0.0, -250.0),
+    ] {
+        let node = ok(s
+            .post_node(
+                &token,
+                json!({"content": format!("{x},{y},{z}"), "x": x, "y": y, "z": z}),
+            )
+            .await)
+        .await;
+        if x <= 200.0 && z >= -200.0 {
+            inside.push(node["id"].as_i64().unwrap());
+        }
+    }
+    let viz = |q: &str| s.http.get(s.url(&format!("/api/v1/nodes/viz?{q}"))).send();
+    let found = ok(viz("x=0&y=0&z=0").await.unwrap()).await;
+    let mut ids: Vec<i64> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, inside, "default range 200 is a cube");
+    assert_eq!(found[0]["content"], "199,-199,200");
+
+    let near = ok(viz("x=201&y=0&z=0&range=1").await.unwrap()).await;
+    assert_eq!(near.as_array().unwrap().len(), 1);
+
+    // The cap: 4 nodes in a big cube, 3 returned, newest first.
+    let capped = ok(viz("x=0&y=0&z=0&range=1000").await.unwrap()).await;
+    let capped: Vec<i64> = capped
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(capped.len(), 3);
+    assert!(capped.windows(2).all(|w| w[0] > w[1]), "{capped:?}");
+
+    for bad in [
+        "y=0&z=0",
+        "x=a&y=0&z=0",
+        "x=NaN&y=0&z=0",
+        "x=0&y=inf&z=0",
+        "x=0&y=0&z=0&range=-1",
+        "x=0&y=0&z=0&range=1e9",
+    ] {
+        error(viz(bad).await.unwrap(), StatusCode::BAD_REQUEST).await;
+    }
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn unknown_routes_and_methods_get_the_envelope(pool: PgPool) {
+    let s = TestServer::start(pool).await;
+    error(
+        s.http.get(s.url("/api/v1/nope")).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    error(
+        s.http.delete(s.url("/api/v1/nodes")).send().await.unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .await;
+    s.stop().await;
+}
+
+async fn boom() -> &'static str {
+    panic!("secret internals: password=hunter2")
+}
+
+#[sqlx::test]
+async fn panics_become_a_500_envelope_without_internals(pool: PgPool) {
+    use axum::routing::get;
+    let args = common::serve_args(&[]);
+    let state = mutr_api::build_state(
+        &args,
+        pool,
+        std::sync::Arc::new(mutr_api::events::NoPipeline),
+        std::sync::Arc::new(mutr_api::LogOnlyBroadcaster),
+    )
+    .unwrap();
+    let router = mutr_api::http::with_layers(axum::Router::new().route("/boom", get(boom)), &state)
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let response = reqwest::get(format!("http://{addr}/boom")).await.unwrap();
+    let message = error(response, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert_eq!(message, "internal error");
+    server.abort();
+}
+
+#[sqlx::test]
+async fn health_readiness_metrics(pool: PgPool) {
+    let s = TestServer::start(pool).await;
+    assert_eq!(
+        ok(s.http.get(s.url("/healthz")).send().await.unwrap()).await["status"],
+        "ok"
+    );
+    assert_eq!(
+        ok(s.http.get(s.url("/readyz")).send().await.unwrap()).await["status"],
+        "ok"
+    );
+    s.guest().await;
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mutr_http_requests_total{")
+                && l.contains("route=\"/api/v1/auth/guest\"")
+                && l.contains("status=\"200\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mutr_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn readiness_fails_when_redis_is_unreachable(pool: PgPool) {
+    // A port nothing listens on: bind one and drop it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = format!("redis://127.0.0.1:{port}");
+    let args = {
+        let mut args = common::serve_args(&[]);
+        args.redis_url = mutr_api::config::Secret::new(redis);
+        args
+    };
+    let state = mutr_api::build_state(
+        &args,
+        pool,
+        std::sync::Arc::new(mutr_api::events::NoPipeline),
+        std::sync::Arc::new(mutr_api::LogOnlyBroadcaster),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { mutr_api::serve_state(&args, state, listener, stop).await }
+    });
+    let message = error(
+        reqwest::get(format!("http://{addr}/readyz")).await.unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert_eq!(message, "redis unreachable");
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[sqlx::test]
+async fn shutdown_fails_readiness_first_then_exits(pool: PgPool) {
+    let s = TestServer::start_with(pool, &["--shutdown-grace", "3s"]).await;
+    let started = Instant::now();
+    s.shutdown.cancel();
+    // Within the grace period the server still answers, but readiness fails.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(error(r, StatusCode::SERVICE_UNAVAILABLE).await, "draining");
+            break;
+        }
+        assert!(Instant::now() < deadline, "readiness did not fail");
+    }
+    ok(s.http.get(s.url("/healthz")).send().await.unwrap()).await;
+    s.stop().await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "exited before the grace period ended"
+    );
+}
+
+#[sqlx::test]
+async fn cors_allows_only_configured_origins(pool: PgPool) {
+    let s = TestServer::start_with(
+        pool,
+        &["--cors-origins", "http://localhost:3000,http://app.example"],
+    )
+    .await;
+    let preflight = |origin: &'static str| {
+        s.http
+            .request(reqwest::Method::OPTIONS, s.url("/api/v1/nodes"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "content-type,x-guest-token",
+            )
+            .send()
+    };
+    let allowed = preflight("http://app.example").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "http://app.example"
+    );
+    let headers = allowed.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(headers.contains("x-guest-token"), "{headers}");
+    let other = preflight("http://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    s.stop().await;
+}
