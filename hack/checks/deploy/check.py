@@ -617,6 +617,10 @@ def check_workloads(
             labels = d["spec"]["template"]["metadata"].get("labels") or {}
             if not sel or any(labels.get(k) != v for k, v in sel.items()):
                 problems.append(f"{obj_name(d)}: selector {sel} does not match its pod labels")
+        if d.get("kind") == "NetworkPolicy":
+            sel = (d["spec"].get("podSelector") or {}).get("matchLabels") or {}
+            if not any(all((m.get("labels") or {}).get(k) == v for k, v in sel.items()) for _, m, _ in pods):
+                problems.append(f"{obj_name(d)}: podSelector {sel} matches no pod template")
         if d.get("kind") == "Service" and d["spec"].get("selector"):
             sel = d["spec"]["selector"]
             matching = [
