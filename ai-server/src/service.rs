@@ -102,6 +102,21 @@ impl<M> AnalysisHandler<M> {
     }
 }
 
+/// An admitted request; the in-flight gauge follows it out, however the request ends.
+struct Admitted<'a, M> {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    shared: &'a Shared<M>,
+}
+
+impl<M> Drop for Admitted<'_, M> {
+    fn drop(&mut self) {
+        // The permit is still held here: this request counts until the fields drop.
+        let in_flight =
+            self.shared.limits.max_in_flight - self.shared.admission.available_permits();
+        m::in_flight(in_flight.saturating_sub(1));
+    }
+}
+
 /// Records a request's outcome when dropped, so that cancelled requests count too.
 struct Outcome {
     started: Instant,
@@ -149,12 +164,16 @@ impl<M: Models> AnalysisHandler<M> {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| Status::unavailable("the models are still loading"))?;
-        let _permit = shared.admission.clone().try_acquire_owned().map_err(|_| {
+        let permit = shared.admission.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "the analysis queue is full ({} requests in flight); retry later",
                 shared.limits.max_in_flight
             ))
         })?;
+        let _admitted = Admitted {
+            _permit: permit,
+            shared: shared.as_ref(),
+        };
         m::in_flight(shared.in_flight());
         let timeout = client_timeout.map_or(shared.limits.request_timeout, |t| {
             t.min(shared.limits.request_timeout)
@@ -183,9 +202,9 @@ impl<M: Models> AnalysisHandler<M> {
             });
         }
 
-        let result = run_models(&*models, &req, shared.limits.topic_max_tokens, deadline).await;
-        m::in_flight(shared.in_flight().saturating_sub(1));
-        let response = result.map_err(engine_status)?;
+        let response = run_models(&*models, &req, shared.limits.topic_max_tokens, deadline)
+            .await
+            .map_err(engine_status)?;
         if let (Some(cache), Some(key)) = (shared.cache.clone(), key) {
             let value = CachedResult {
                 topic: response.topic.clone(),

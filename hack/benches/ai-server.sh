@@ -9,4 +9,7 @@ cd "$ROOT"
 if [ -z "${MUTR_MODEL_DIR:-}" ] && [ -d "$ROOT/../shared/models" ]; then
     export MUTR_MODEL_DIR="$ROOT/../shared/models"
 fi
+# OpenMP threads that spin between decodes steal the CPU from the other model worker (and from
+# anything else on a shared machine); both servers run with the same policy.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 cargo bench -q -p mutr-ai-server --bench throughput
