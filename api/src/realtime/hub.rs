@@ -2,6 +2,7 @@
 //! every replica delivers every event. The bridge reconnects with backoff; while Redis is down,
 //! local delivery goes on and remote events are missed (the database stays the source of truth).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -47,9 +48,12 @@ impl Hub {
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope<'a> {
     /// The replica that published it, so that it does not deliver its own events twice.
-    origin: &'a str,
-    destination: &'a str,
-    body: &'a str,
+    #[serde(borrow)]
+    origin: Cow<'a, str>,
+    #[serde(borrow)]
+    destination: Cow<'a, str>,
+    #[serde(borrow)]
+    body: Cow<'a, str>,
 }
 
 /// Settings of the Redis bridge.
@@ -112,9 +116,9 @@ impl Bridge {
     /// which happens only while Redis is slow or down.
     pub fn publish(&self, event: &Event) {
         let payload = match serde_json::to_string(&Envelope {
-            origin: &self.replica_id,
-            destination: &event.destination,
-            body: &event.body,
+            origin: Cow::Borrowed(&self.replica_id),
+            destination: Cow::Borrowed(&event.destination),
+            body: Cow::Borrowed(&event.body),
         }) {
             Ok(p) => p,
             Err(error) => {
@@ -286,7 +290,7 @@ async fn run_subscriber(
                 _ = ping.tick() => {
                     // A silent network partition never ends the stream; a ping that goes
                     // unanswered does.
-                    let alive = tokio::time::timeout(config.timeout, sink.ping::<String>()).await;
+                    let alive = tokio::time::timeout(config.timeout, sink.ping::<redis::Value>()).await;
                     if !matches!(alive, Ok(Ok(_))) {
                         tracing::warn!("realtime: Redis did not answer a ping; resubscribing");
                         break;
@@ -323,8 +327,8 @@ fn deliver_remote(hub: &Hub, replica_id: &str, payload: &[u8]) {
     }
     metrics::counter!(m::EVENTS_BRIDGED, "direction" => "in").increment(1);
     hub.deliver(Arc::new(Event {
-        destination: envelope.destination.to_owned(),
-        body: envelope.body.to_owned(),
+        destination: envelope.destination.into_owned(),
+        body: envelope.body.into_owned(),
     }));
 }
 
@@ -348,12 +352,12 @@ mod tests {
         let hub = Hub::new(8);
         let mut rx = hub.subscribe();
         let own = br#"{"origin":"me","destination":"/topic/a","body":"1"}"#;
-        let other = br#"{"origin":"other","destination":"/topic/a","body":"2"}"#;
+        let other = br#"{"origin":"other","destination":"/topic/a","body":"{\"k\":\"\ud55c\"}"}"#;
         deliver_remote(&hub, "me", own);
         deliver_remote(&hub, "me", b"not json");
         deliver_remote(&hub, "me", other);
         let ev = rx.recv().await.unwrap();
-        assert_eq!(ev.body, "2");
+        assert_eq!(ev.body, r#"{"k":"한"}"#);
         assert!(rx.try_recv().is_err());
     }
 }

@@ -61,6 +61,11 @@ pub struct Server {
 
 impl Server {
     pub async fn start(args: RealtimeArgs, redis_url: Option<String>) -> Server {
+        // RUST_LOG=mutr_api=debug shows the server's side of a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let shutdown = CancellationToken::new();
         let realtime = Realtime::start(args, redis_url, shutdown.clone())
             .await
