@@ -122,10 +122,15 @@ pub async fn serve(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, &ready_tx, ServingStatus::NotServing).await;
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    // Both reflection versions: grpcurl and older tools ask for v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(ServeError::Reflection)?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(ServeError::Reflection)?;
 
     let shared: Arc<Shared<LlamaEngine>> = Shared::new(config.limits.clone(), config.cache.clone());
@@ -138,7 +143,8 @@ pub async fn serve(
         tonic::transport::Server::builder()
             .timeout(config.limits.request_timeout + Duration::from_secs(1))
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(analysis)
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async {
                 drop(grpc_stopped.await);

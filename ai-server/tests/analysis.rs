@@ -78,6 +78,43 @@ async fn health_follows_model_loading_and_drain() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = TestServer::start(Opts::default()).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().expect("a response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected response {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for wanted in ["mutr.AnalysisService", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "{wanted} missing from {names:?}"
+        );
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_analysis_is_in_range() {
     let server = TestServer::start(Opts::default()).await;
     let mut client = server.client().await;
@@ -112,6 +149,11 @@ async fn a_real_analysis_is_in_range() {
         "close {close:?} far {far:?}"
     );
     assert!(far.mutation_score > 0.5, "{far:?}");
+    // The confidence comes from the model, not a constant.
+    assert!(
+        root.confidence != close.confidence || close.confidence != far.confidence,
+        "{root:?} {close:?} {far:?}"
+    );
 
     // Metrics count it.
     let text = server.metrics_text().await;
