@@ -5,6 +5,8 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::realtime::RealtimeArgs;
+
 /// MUTR API: HTTP endpoints, live push and the hand-off to the analysis pipeline.
 #[derive(Debug, Parser)]
 #[command(name = "mutr-api", version, about, args_override_self = true)]
@@ -133,6 +135,9 @@ pub struct ServeArgs {
     /// origin only.
     #[arg(long, env = "MUTR_CORS_ORIGINS", value_delimiter = ',', num_args = 0..)]
     pub cors_origins: Vec<String>,
+
+    #[command(flatten)]
+    pub realtime: RealtimeArgs,
 }
 
 /// Member token verification. With neither key set, only guests can write.

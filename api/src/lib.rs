@@ -41,6 +41,9 @@ pub enum ServeError {
     /// The member token key is unusable.
     #[error("invalid member token key")]
     Jwt(#[from] JwtError),
+    /// The live push could not start.
+    #[error("live push could not start")]
+    Realtime(#[from] realtime::RealtimeError),
     /// The listener failed.
     #[error("HTTP server failed")]
     Io(#[from] std::io::Error),
@@ -73,6 +76,7 @@ pub fn build_state(
         )),
         handoff,
         broadcaster,
+        realtime: None,
         readiness: Readiness::default(),
         metrics: telemetry::prometheus(),
         cors_origins: args.cors_origins.clone().into(),
@@ -107,6 +111,7 @@ pub async fn serve_state(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let readiness = state.readiness.clone();
+    let push = state.realtime.clone();
     let shrink = tokio::spawn(shrink_rate_limiter(
         state.write_limiter.clone(),
         shutdown.clone(),
@@ -114,6 +119,7 @@ pub async fn serve_state(
     let router = app(state);
     let stop_http = CancellationToken::new();
     let grace = args.shutdown_grace;
+    let drain = args.drain_timeout;
     let sequence = {
         let stop_http = stop_http.clone();
         let shutdown = shutdown.clone();
@@ -122,6 +128,16 @@ pub async fn serve_state(
             tracing::info!(grace = ?grace, "shutdown: readiness now fails");
             readiness.start_draining();
             tokio::time::sleep(grace).await;
+            if let Some(push) = push {
+                tracing::info!(
+                    sessions = push.session_count(),
+                    "shutdown: closing live sessions"
+                );
+                push.close_all();
+                if tokio::time::timeout(drain, push.closed()).await.is_err() {
+                    tracing::warn!("shutdown: live sessions still open after the drain timeout");
+                }
+            }
             tracing::info!("shutdown: closing connections");
             stop_http.cancel();
         }
@@ -130,7 +146,6 @@ pub async fn serve_state(
     tracing::info!(addr = %listener.local_addr()?, "serving HTTP");
     let server =
         axum::serve(listener, router).with_graceful_shutdown(stop_http.clone().cancelled_owned());
-    let drain = args.drain_timeout;
     let result = tokio::select! {
         result = server.into_future() => result,
         () = async { stop_http.cancelled().await; tokio::time::sleep(drain).await } => {
@@ -150,6 +165,12 @@ async fn shrink_rate_limiter(limiter: Arc<WriteLimiter>, shutdown: CancellationT
             _ = every.tick() => limiter.shrink(),
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+impl Broadcaster for realtime::Realtime {
+    fn publish(&self, destination: &'static str, body: String) -> BoxFuture<'_, ()> {
+        Box::pin(realtime::Realtime::publish(self, destination, body))
     }
 }
 

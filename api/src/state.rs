@@ -16,6 +16,7 @@ use crate::{
     config::Limits,
     events::{SharedBroadcaster, SharedHandoff},
     http::rate_limit::WriteLimiter,
+    realtime::Realtime,
 };
 
 /// Whether this process should receive new traffic; flips to draining once on shutdown.
@@ -53,6 +54,8 @@ pub struct AppState {
     pub handoff: SharedHandoff,
     /// Where committed nodes are announced to live clients.
     pub broadcaster: SharedBroadcaster,
+    /// Live push (`/ws-mutr`); none in a process that serves HTTP only.
+    pub realtime: Option<Realtime>,
     /// Draining or not.
     pub readiness: Readiness,
     /// Renders `/metrics`.
@@ -61,6 +64,16 @@ pub struct AppState {
     pub cors_origins: Arc<[String]>,
     /// Longest wait of a readiness probe on one dependency.
     pub probe_timeout: Duration,
+}
+
+impl AppState {
+    /// Serves live push from `realtime` too: its routes are merged into the app and its sessions
+    /// are closed on shutdown.
+    #[must_use]
+    pub fn with_realtime(mut self, realtime: Realtime) -> Self {
+        self.realtime = Some(realtime);
+        self
+    }
 }
 
 impl std::fmt::Debug for AppState {

@@ -37,7 +37,16 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(page::router());
-    with_layers(api, &state).with_state(state)
+    let realtime = state
+        .realtime
+        .as_ref()
+        .map(crate::realtime::Realtime::router);
+    let app = with_layers(api, &state).with_state(state);
+    // The push routes answer SockJS's own framing and CORS; they stay outside the envelope layers.
+    match realtime {
+        Some(push) => push.merge(app),
+        None => app,
+    }
 }
 
 /// Adds what every API route gets: the envelope for unknown routes, wrong methods, rejections,

@@ -14,6 +14,7 @@ use mutr_api::{
     ServeError,
     config::{Cli, Command, ServeArgs},
     events::{AnalysisRequested, Broadcaster, handoff_channel},
+    realtime::Realtime,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
@@ -30,15 +31,20 @@ pub struct Published {
     pub committed_when_published: bool,
 }
 
-/// Records what is published, checking on a separate connection that the node is committed.
+/// Records what is published, checking on a separate connection that the node is committed, and
+/// forwards it to the live push when the server has one.
 pub struct RecordingBroadcaster {
     pool: PgPool,
     pub published: Mutex<Vec<Published>>,
+    forward: Option<Realtime>,
 }
 
 impl Broadcaster for RecordingBroadcaster {
     fn publish(&self, destination: &'static str, body: String) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            if let Some(push) = &self.forward {
+                push.publish(destination, body.clone()).await;
+            }
             let body: Value = serde_json::from_str(&body).expect("published body is JSON");
             let id = body["id"].as_i64().expect("published node has an id");
             let committed =
@@ -106,17 +112,57 @@ impl TestServer {
 
     /// Starts the server over `pool` with `args`.
     pub async fn start_args(pool: PgPool, args: ServeArgs) -> Self {
+        Self::start_inner(pool, args, false).await
+    }
+
+    /// Starts the server over `pool` with the live push on, its Redis bridge on `channel` (tests
+    /// that run at the same time use different channels), and waits until the bridge is connected.
+    pub async fn start_live(pool: PgPool, channel: &str) -> Self {
+        let args = serve_args(&[
+            "--write-rate-per-sec",
+            "0",
+            "--realtime-redis-channel",
+            channel,
+        ]);
+        Self::start_inner(pool, args, true).await
+    }
+
+    async fn start_inner(pool: PgPool, args: ServeArgs, live: bool) -> Self {
         let (handoff, handoffs) = handoff_channel(1024);
+        let shutdown = CancellationToken::new();
+        let push = if live {
+            let push = Realtime::start(
+                args.realtime.clone(),
+                Some(args.redis_url.expose().to_owned()),
+                shutdown.child_token(),
+            )
+            .await
+            .expect("live push");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while push.redis_connected() != Some(true) {
+                assert!(
+                    Instant::now() < deadline,
+                    "realtime bridge did not connect to Redis"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Some(push)
+        } else {
+            None
+        };
         let broadcaster = Arc::new(RecordingBroadcaster {
             pool: pool.clone(),
             published: Mutex::new(Vec::new()),
+            forward: push.clone(),
         });
-        let state =
+        let mut state =
             mutr_api::build_state(&args, pool.clone(), Arc::new(handoff), broadcaster.clone())
                 .expect("state");
+        if let Some(push) = push {
+            state = state.with_realtime(push);
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let task =
             tokio::spawn(async move { mutr_api::serve_state(&args, state, listener, stop).await });
