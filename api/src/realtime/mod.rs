@@ -1,13 +1,23 @@
 //! Live push to browsers: STOMP 1.2 over SockJS and raw WebSocket, fanned out through Redis.
 //!
 //! Layout: [`stomp`] is the frame codec, [`session`] the transport-independent STOMP session,
-//! [`sockjs`] the SockJS framing, [`hub`] local fan-out and the Redis bridge; [`ws`] and [`xhr`]
+//! [`sockjs`] the SockJS framing, [`hub`] local fan-out and the Redis bridge; `ws` and `xhr`
 //! adapt axum's WebSocket and the SockJS HTTP transports to a session.
 //!
 //! Routes (all under `/ws-mutr`, see [`Realtime::router`]): `GET /info`, the SockJS WebSocket
 //! transport `GET /{server}/{session}/websocket`, xhr-streaming and xhr-polling
 //! (`POST /{server}/{session}/xhr_streaming`, `/xhr`, `/xhr_send`), and a raw STOMP WebSocket at
 //! `GET /websocket`.
+//!
+//! Wiring: [`Realtime::start`] takes a token that stops the Redis bridge and closes every
+//! session, so cancel it at the end of the drain (events published while draining still reach
+//! the other replicas); merge [`Realtime::router`] outside any CORS layer (SockJS answers its
+//! own CORS); when the server stops taking connections, call [`Realtime::close_all`] and await
+//! [`Realtime::closed`] with a timeout, since upgraded connections do not hold up axum's
+//! graceful shutdown.
+//!
+//! Client credentials (`Authorization`, `X-Guest-Token` in `CONNECT`) are accepted and not
+//! required: the only destinations are public topics. Clients cannot `SEND`.
 
 pub mod hub;
 pub mod metrics;

@@ -98,10 +98,13 @@ async fn run_socket(rt: Realtime, socket: WebSocket, framing: Framing) {
         .map(move |m| match m {
             Ok(Message::Text(t)) => match framing {
                 Framing::Raw => Some(Bytes::from(t)),
-                // A payload that is not SockJS JSON ends the session, as SockJS servers do.
-                Framing::SockJs => sockjs::decode_messages(t.as_bytes())
-                    .ok()
-                    .map(|msgs| Bytes::from(msgs.concat())),
+                // An empty message is ignored; one that is not SockJS JSON ends the session, as
+                // SockJS servers do.
+                Framing::SockJs => match sockjs::decode_messages(t.as_bytes()) {
+                    Ok(msgs) => Some(Bytes::from(msgs.concat())),
+                    Err(sockjs::PayloadError::Empty) => Some(Bytes::new()),
+                    Err(sockjs::PayloadError::BrokenJson) => None,
+                },
             },
             Ok(Message::Binary(b)) if framing == Framing::Raw => Some(b),
             Ok(Message::Close(_)) | Err(_) => None,
