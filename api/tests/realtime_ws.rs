@@ -197,7 +197,14 @@ async fn sockjs_websocket_transport() {
     let msg = c.frame().await;
     assert_eq!(msg.command, "MESSAGE");
     assert_eq!(std::str::from_utf8(&msg.body).unwrap(), NODE);
-    // A payload that is not SockJS JSON ends the session.
+    // An empty message is ignored...
+    c.send_raw("").await;
+    c.send(&format!(
+        "SUBSCRIBE\nid:sub-1\ndestination:{GALAXY_TOPIC}\nreceipt:r1\n\n\0"
+    ))
+    .await;
+    assert_eq!(c.frame().await.get("receipt-id"), Some("r1"));
+    // ...and a payload that is not SockJS JSON ends the session.
     c.send_raw("not json").await;
     assert!(matches!(c.closed().await, Some(3000) | Some(1000)));
     server.wait_sessions(0).await;

@@ -24,8 +24,9 @@ use super::Realtime;
 use super::session::CloseReason;
 use super::sockjs::{self, Close};
 
-/// Client messages (each one `xhr_send` element) queued ahead of the STOMP session.
-const INPUT_QUEUE: usize = 32;
+/// Client messages (each one `xhr_send` element) queued ahead of the STOMP session; a full
+/// queue makes `xhr_send` wait, so a client cannot pile up input.
+const INPUT_QUEUE: usize = 8;
 /// Frames the STOMP session may queue for the next receiving request; beyond it, its writes
 /// wait and eventually time out (a slow or vanished client).
 const OUTPUT_QUEUE: usize = 64;
