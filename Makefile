@@ -55,7 +55,8 @@ fmt: ## Format the code
 .PHONY: crds
 crds: deps ## Regenerate crds/ from the operator's Rust types
 	$(CARGO) run -q -p mutr-operator --bin mutr-operator -- crd > crds/mutrdeployments.mutr.io.yaml
-	@echo "wrote crds/mutrdeployments.mutr.io.yaml"
+	@for dest in charts/mutr/crds manifests/base/crds; do cp crds/*.yaml $$dest/; done
+	@echo "wrote crds/mutrdeployments.mutr.io.yaml and its copies in charts/mutr/crds and manifests/base/crds"
 
 .PHONY: sqlx-prepare
 sqlx-prepare: deps ## Refresh .sqlx/ (offline query data) against a real database
