@@ -129,6 +129,9 @@ pub struct ServeArgs {
     pub auth: AuthArgs,
 
     #[command(flatten)]
+    pub oauth: crate::oauth::OAuthArgs,
+
+    #[command(flatten)]
     pub limits: Limits,
 
     /// Origins allowed to call the API from a browser (comma-separated, `*` for any). Empty: same

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod oauth;
 pub mod realtime;
 pub mod state;
 pub mod telemetry;
@@ -44,6 +45,9 @@ pub enum ServeError {
     /// The live push could not start.
     #[error("live push could not start")]
     Realtime(#[from] realtime::RealtimeError),
+    /// The sign-in configuration is unusable.
+    #[error("invalid sign-in configuration")]
+    SignIn(#[from] oauth::ConfigError),
     /// The listener failed.
     #[error("HTTP server failed")]
     Io(#[from] std::io::Error),
@@ -65,6 +69,13 @@ pub fn build_state(
     let redis = redis::aio::ConnectionManager::new_lazy_with_config(client, redis_config)
         .map_err(ServeError::RedisUrl)?;
     let jwt = JwtKeys::from_args(&args.auth)?.map(Arc::new);
+    let sign_in = Arc::new(oauth::SignIn::new(
+        &args.oauth,
+        args.auth.jwt_secret.as_ref(),
+        args.limits.request_timeout,
+        pool.clone(),
+        redis.clone(),
+    )?);
     Ok(AppState {
         db: pool,
         redis,
@@ -81,6 +92,7 @@ pub fn build_state(
         metrics: telemetry::prometheus(),
         cors_origins: args.cors_origins.clone().into(),
         probe_timeout,
+        sign_in,
     })
 }
 

@@ -62,6 +62,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Origins allowed by CORS (empty: same origin only).
     pub cors_origins: Arc<[String]>,
+    /// Member sign-in with Google and Kakao.
+    pub sign_in: Arc<crate::oauth::SignIn>,
     /// Longest wait of a readiness probe on one dependency.
     pub probe_timeout: Duration,
 }

@@ -3,6 +3,7 @@
 
 pub mod guest;
 pub mod jwt;
+pub mod signing;
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 

@@ -1,6 +1,7 @@
 //! PostgreSQL adapters: compile-checked queries over `impl PgExecutor`, so they run on the pool or
 //! inside a transaction, and the embedded migrations.
 
+pub mod members;
 pub mod nodes;
 pub mod users;
 

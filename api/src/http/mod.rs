@@ -5,6 +5,7 @@ pub mod auth;
 pub mod extract;
 pub mod health;
 pub mod nodes;
+pub mod oauth;
 pub mod page;
 pub mod rate_limit;
 pub mod users;
@@ -36,7 +37,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .merge(page::router());
+        .merge(page::router())
+        .merge(oauth::router());
     let realtime = state
         .realtime
         .as_ref()
