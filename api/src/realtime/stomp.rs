@@ -149,11 +149,30 @@ pub enum DecodeError {
 }
 
 /// Incremental STOMP decoder with a limit on the size of one frame (command, headers and body).
+///
+/// Bytes already scanned are not scanned again when more arrive, so a client that sends a
+/// frame a byte at a time costs linear, not quadratic, work.
 #[derive(Debug)]
 pub struct Decoder {
     buf: BytesMut,
     max_frame: usize,
     version: Version,
+    /// Where the search for the blank line after the headers resumes (the start of the first
+    /// line not yet seen whole); 0 at the start of a frame.
+    scan: usize,
+    /// The parsed command and headers of the frame whose body is still arriving.
+    head: Option<Head>,
+}
+
+#[derive(Debug)]
+struct Head {
+    command: String,
+    headers: Vec<(String, String)>,
+    /// Offset of the body in the buffer.
+    body_start: usize,
+    content_length: Option<usize>,
+    /// Where the search for the terminating NUL resumes (frames without content-length).
+    nul_scan: usize,
 }
 
 impl Decoder {
@@ -163,6 +182,8 @@ impl Decoder {
             buf: BytesMut::new(),
             max_frame,
             version: Version::V1_2,
+            scan: 0,
+            head: None,
         }
     }
 
@@ -179,13 +200,69 @@ impl Decoder {
     /// The next whole frame, `None` if more bytes are needed. After an error the decoder must not
     /// be used again: the connection is to be closed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
-        self.skip_heartbeats();
-        if self.buf.is_empty() {
-            return Ok(None);
+        if self.head.is_none() {
+            if self.scan == 0 {
+                self.skip_heartbeats();
+            }
+            if self.buf.is_empty() {
+                return Ok(None);
+            }
+            let Some(headers_end) = self.find_headers_end() else {
+                return self.need_more();
+            };
+            self.scan = 0;
+            self.head = Some(self.parse_head(headers_end)?);
         }
-        let Some(headers_end) = self.find_headers_end() else {
-            return self.need_more();
+        let Some(head) = self.head.as_mut() else {
+            return Ok(None);
         };
+        let body_end = match head.content_length {
+            Some(len) => {
+                let end = head
+                    .body_start
+                    .checked_add(len)
+                    .filter(|end| end.saturating_add(1) <= self.max_frame)
+                    .ok_or(DecodeError::TooLarge {
+                        limit: self.max_frame,
+                    })?;
+                if self.buf.len() <= end {
+                    return Ok(None);
+                }
+                if self.buf[end] != 0 {
+                    return Err(DecodeError::MissingNul);
+                }
+                end
+            }
+            None => {
+                let from = head.nul_scan.max(head.body_start);
+                match self.buf[from..].iter().position(|&b| b == 0) {
+                    Some(i) => from + i,
+                    None => {
+                        head.nul_scan = self.buf.len();
+                        return self.need_more();
+                    }
+                }
+            }
+        };
+        if body_end + 1 > self.max_frame {
+            return Err(DecodeError::TooLarge {
+                limit: self.max_frame,
+            });
+        }
+        let Some(head) = self.head.take() else {
+            return Ok(None);
+        };
+        let mut frame_bytes = self.buf.split_to(body_end + 1);
+        frame_bytes.truncate(body_end);
+        let body = frame_bytes.split_off(head.body_start).freeze();
+        Ok(Some(Frame {
+            command: head.command,
+            headers: head.headers,
+            body,
+        }))
+    }
+
+    fn parse_head(&self, headers_end: usize) -> Result<Head, DecodeError> {
         let head =
             std::str::from_utf8(&self.buf[..headers_end]).map_err(|_| DecodeError::NotUtf8)?;
         let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
@@ -211,41 +288,13 @@ impl Decoder {
             .map(|(_, v)| v.trim().parse::<usize>())
             .transpose()
             .map_err(|_| DecodeError::BadContentLength)?;
-        let body_start = headers_end;
-        let body_end = match content_length {
-            Some(len) => {
-                let end = body_start
-                    .checked_add(len)
-                    .filter(|end| end.saturating_add(1) <= self.max_frame)
-                    .ok_or(DecodeError::TooLarge {
-                        limit: self.max_frame,
-                    })?;
-                if self.buf.len() <= end {
-                    return Ok(None);
-                }
-                if self.buf[end] != 0 {
-                    return Err(DecodeError::MissingNul);
-                }
-                end
-            }
-            None => match self.buf[body_start..].iter().position(|&b| b == 0) {
-                Some(i) => body_start + i,
-                None => return self.need_more(),
-            },
-        };
-        if body_end + 1 > self.max_frame {
-            return Err(DecodeError::TooLarge {
-                limit: self.max_frame,
-            });
-        }
-        let mut frame_bytes = self.buf.split_to(body_end + 1);
-        frame_bytes.truncate(body_end);
-        let body = frame_bytes.split_off(body_start).freeze();
-        Ok(Some(Frame {
+        Ok(Head {
             command,
             headers,
-            body,
-        }))
+            body_start: headers_end,
+            content_length,
+            nul_scan: headers_end,
+        })
     }
 
     /// `Ok(None)` while the partial frame is within the limit.
@@ -271,20 +320,20 @@ impl Decoder {
         }
     }
 
-    /// The offset just after the blank line that ends the headers.
-    fn find_headers_end(&self) -> Option<usize> {
-        let mut line_start = 0;
-        let mut first = true;
+    /// The offset just after the blank line that ends the headers; remembers how far it got.
+    fn find_headers_end(&mut self) -> Option<usize> {
+        let mut line_start = self.scan;
         while let Some(i) = self.buf[line_start..].iter().position(|&b| b == b'\n') {
             let line_end = line_start + i;
             let line = &self.buf[line_start..line_end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.is_empty() && !first {
+            // The first line is the command, never the blank line.
+            if line.is_empty() && line_start > 0 {
                 return Some(line_end + 1);
             }
-            first = false;
             line_start = line_end + 1;
         }
+        self.scan = line_start;
         None
     }
 }
@@ -358,6 +407,23 @@ mod tests {
         assert_eq!(frames[0].get("destination"), Some("/topic/galaxy/public"));
         assert_eq!(frames[1].command, "UNSUBSCRIBE");
         assert_eq!(frames[1].get("id"), Some("sub-0"));
+    }
+
+    #[test]
+    fn a_frame_sent_a_byte_at_a_time() {
+        let text = b"SUBSCRIBE\r\nid:0\r\ndestination:/topic/a\r\n\r\nbody\0\nSEND\ncontent-length:2\n\nab\0";
+        let mut d = Decoder::new(1024);
+        let mut frames = Vec::new();
+        for b in text {
+            d.push(&[*b]);
+            while let Some(f) = d.next_frame().unwrap() {
+                frames.push(f);
+            }
+        }
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].get("destination"), Some("/topic/a"));
+        assert_eq!(&frames[0].body[..], b"body");
+        assert_eq!(&frames[1].body[..], b"ab");
     }
 
     #[test]
