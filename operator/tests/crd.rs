@@ -56,3 +56,58 @@ fn credentials_are_secret_references_only() {
         );
     }
 }
+
+fn valid() -> MutrDeployment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "mutr.io/v1alpha1", "kind": "MutrDeployment",
+        "metadata": { "name": "mutr", "namespace": "shop" },
+        "spec": {
+            "api": { "image": "api:1", "env": [{ "name": "MUTR_PUBLIC_URL", "value": "https://mutr.example" }] },
+            "aiServer": { "image": "ai:1", "model": { "profile": "tiny", "cacheSizeLimit": "1Gi" } },
+            "database": { "name": "db" }, "redis": { "name": "rd" },
+        },
+    }))
+    .unwrap()
+}
+
+#[test]
+fn cel_rules_accept_a_valid_resource_and_reject_what_they_are_for() {
+    use k8s_openapi::api::core::v1::EnvVar;
+    use kube::core::cel::validate_cel;
+
+    validate_cel(&valid()).expect("a valid resource passes every rule");
+
+    let mut md = valid();
+    md.metadata.name = Some("m".repeat(41));
+    assert!(
+        validate_cel(&md).is_err(),
+        "a name longer than 40 characters"
+    );
+
+    let mut md = valid();
+    md.spec.api.env.push(EnvVar {
+        name: "DATABASE_URL".into(),
+        value: Some("postgres://inline".into()),
+        value_from: None,
+    });
+    assert!(validate_cel(&md).is_err(), "an inline DATABASE_URL");
+
+    let mut md = valid();
+    md.spec.ai_server.env.push(EnvVar {
+        name: "MUTR_MODEL_DIR".into(),
+        value: Some("/elsewhere".into()),
+        value_from: None,
+    });
+    assert!(
+        validate_cel(&md).is_err(),
+        "an AI server variable the operator owns"
+    );
+
+    let mut md = valid();
+    md.spec.ai_server.model.persistent_volume_claim = Some("models".into());
+    assert!(validate_cel(&md).is_err(), "cacheSizeLimit with a claim");
+
+    let mut md = valid();
+    md.spec.strategy.scale_down_delay_seconds = 100_000;
+    assert!(validate_cel(&md).is_err(), "a scale-down delay over a day");
+}

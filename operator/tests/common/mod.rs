@@ -27,6 +27,10 @@ struct State {
     resource_version: u64,
     /// Requests seen, as "METHOD plural/name[/sub]".
     log: Vec<String>,
+    /// Field manager owning each top-level `spec` field: the one piece of server-side apply's field
+    /// ownership modelled here, so that an apply without `force` that would take a field another
+    /// manager set is refused with 409 Conflict (what Lease-based leader election relies on).
+    owners: BTreeMap<(Key, String), String>,
 }
 
 /// The fake API server.
@@ -220,7 +224,48 @@ impl FakeApi {
                     serde_json::from_slice(&body).unwrap()
                 };
                 let apply = content_type.starts_with("application/apply-patch");
+                let manager = query.get("fieldManager").cloned().unwrap_or_default();
+                let force = query.get("force").is_some_and(|f| f == "true");
                 let key = (plural, ns.clone(), name.clone());
+                if sub.is_none() {
+                    if let (Some(current), Some(fields)) = (
+                        state.objects.get(&key),
+                        patch.get("spec").and_then(Value::as_object),
+                    ) {
+                        let conflicts: Vec<String> = fields
+                            .iter()
+                            .filter(|(field, value)| {
+                                current["spec"]
+                                    .get(field.as_str())
+                                    .is_some_and(|v| v != *value)
+                            })
+                            .filter(|(field, _)| {
+                                state
+                                    .owners
+                                    .get(&(key.clone(), (*field).clone()))
+                                    .is_some_and(|m| *m != manager)
+                            })
+                            .map(|(field, _)| field.clone())
+                            .collect();
+                        if apply && !force && !conflicts.is_empty() {
+                            return status(
+                                StatusCode::CONFLICT,
+                                "Conflict",
+                                &format!("Apply failed with conflicts: {conflicts:?}"),
+                            );
+                        }
+                    }
+                    if let Some(fields) = patch.get("spec").and_then(Value::as_object) {
+                        for (field, value) in fields {
+                            let owner = (key.clone(), field.clone());
+                            if value.is_null() {
+                                state.owners.remove(&owner);
+                            } else {
+                                state.owners.insert(owner, manager.clone());
+                            }
+                        }
+                    }
+                }
                 let existing = state.objects.get(&key).cloned();
                 let mut obj = match (existing, apply, sub.as_deref()) {
                     (Some(o), _, _) => o,
