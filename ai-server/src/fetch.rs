@@ -245,7 +245,7 @@ async fn fetch_one(
     if let Ok(dir) = std::fs::File::open(&opts.dest) {
         drop(dir.sync_all());
     }
-    tracing::info!(file = %entry.file, bytes = received, "downloaded and verified");
+    tracing::info!(file = %entry.file, bytes = received, checksum_verified = pinned, "downloaded");
     Ok(Fetched::Downloaded {
         path,
         sha256: actual,

@@ -621,9 +621,9 @@ impl Scheduler<'_> {
         let pad_pos = self.prefixes[0].tokens.len();
         let padded = planned.len() == 1;
         if padded {
-            let bos = self.model.vocab().bos();
+            // Token 0 exists in every vocabulary (BOS may be -1); its output is never read.
             let pos = i32::try_from(pad_pos).unwrap_or(i32::MAX);
-            if self.batch.add(bos, pos, &[pad], false).is_err() {
+            if self.batch.add(LlamaToken(0), pos, &[pad], false).is_err() {
                 tracing::error!("the batch has no room for the pad token; raise n_batch");
             }
         }
