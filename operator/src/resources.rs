@@ -434,6 +434,7 @@ pub fn job(md: &MutrDeployment, request: &JobRequest) -> Job {
                         "args": args,
                         "env": [secret_env("DATABASE_URL", &spec.database), secret_env("REDIS_URL", &spec.redis)],
                         "terminationMessagePolicy": "File",
+                        "resources": spec.api.resources,
                         "securityContext": container_security(),
                         "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
                     }],

@@ -320,10 +320,11 @@ pub async fn apply(
         {
             continue;
         }
-        match jobs
-            .create(&PostParams::default(), &resources::job(md, request))
-            .await
-        {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match jobs.create(&params, &resources::job(md, request)).await {
             Ok(_) => info!(job = %name, "created Job"),
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(e) => return Err(Error::kube(format!("create Job {name}"))(e)),

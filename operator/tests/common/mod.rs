@@ -387,17 +387,19 @@ impl FakeApi {
 
     /// Reasons of the Events published so far, in order.
     pub fn event_reasons(&self) -> Vec<String> {
+        // Creation order (uids are numbered); a repeat folded into a `series` counts each time.
         let mut events = self.all("events");
         events.sort_by_key(|e| {
-            e["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap()
+            e["metadata"]["uid"].as_str().unwrap()[4..]
                 .parse::<u64>()
                 .unwrap()
         });
         events
             .into_iter()
-            .map(|e| e["reason"].as_str().unwrap().to_owned())
+            .flat_map(|e| {
+                let count = e["series"]["count"].as_u64().unwrap_or(1) as usize;
+                std::iter::repeat_n(e["reason"].as_str().unwrap().to_owned(), count)
+            })
             .collect()
     }
 
