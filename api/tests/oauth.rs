@@ -47,6 +47,8 @@ struct Options {
     person: Person,
     /// Point the token endpoint somewhere else (a closed port for "provider down").
     token_url: Option<String>,
+    /// Point Redis somewhere else (a closed port for "Redis down").
+    redis_url: Option<String>,
 }
 
 impl Options {
@@ -55,6 +57,7 @@ impl Options {
             flavour: Flavour::Google,
             person: ada(),
             token_url: None,
+            redis_url: None,
         }
     }
 
@@ -63,6 +66,7 @@ impl Options {
             flavour: Flavour::Kakao,
             person: minsu(),
             token_url: None,
+            redis_url: None,
         }
     }
 }
@@ -117,6 +121,9 @@ impl Harness {
         ] {
             extra.push(format!("--oauth-{name}-{flag}"));
             extra.push(value);
+        }
+        if let Some(redis) = options.redis_url {
+            extra.extend(["--redis-url".to_owned(), redis]);
         }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let args = common::serve_args(&extra);
@@ -784,5 +791,60 @@ async fn unknown_providers_are_404_in_the_envelope(pool: PgPool) {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["success"], false, "{path}");
         assert_eq!(body["data"], Value::Null, "{path}");
+    }
+}
+
+#[sqlx::test(migrator = "mutr_api::db::MIGRATOR")]
+async fn a_redis_outage_ends_at_the_frontend_without_a_cookie(pool: PgPool) {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let options = Options {
+        redis_url: Some(format!("redis://{closed}")),
+        ..Options::google()
+    };
+    let h = Harness::start(pool, options).await;
+    let response = step_client().get(h.authorize_url("")).send().await.unwrap();
+    assert_no_access_cookie(&response, &h.provider.frontend_url());
+    assert!(
+        set_cookies(&response).is_empty(),
+        "no state was stored, so none is bound"
+    );
+    assert_eq!(h.sign_in("").await, None);
+    assert_eq!(h.user_count().await, 0);
+}
+
+#[sqlx::test(migrator = "mutr_api::db::MIGRATOR")]
+async fn concurrent_sign_ins_of_one_person_make_one_member_holding_every_guests_nodes(
+    pool: PgPool,
+) {
+    let h = Harness::start(pool, Options::google()).await;
+    let mut guests = Vec::new();
+    for i in 0..3 {
+        let (token, _) = h.new_guest().await;
+        let (status, node) = h.create_node(Auth::Guest(&token), &format!("글 {i}")).await;
+        assert_eq!(status, StatusCode::OK, "{node}");
+        guests.push((token, node["data"]["id"].as_i64().unwrap()));
+    }
+    let queries: Vec<String> = guests
+        .iter()
+        .map(|(token, _)| format!("?guestToken={token}"))
+        .chain([String::new(), String::new()])
+        .collect();
+    let tokens = futures::future::join_all(queries.iter().map(|q| h.sign_in(q))).await;
+    assert!(tokens.iter().all(Option::is_some), "every sign-in succeeds");
+    assert_eq!(h.user_count().await, 1, "one member, no guest left");
+    for (token, node_id) in &guests {
+        let owner: String = sqlx::query_scalar(
+            "SELECT u.provider_user_id FROM nodes n JOIN users u ON u.id = n.author_id WHERE n.id = $1",
+        )
+        .bind(node_id)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        assert_eq!(owner, ada().id);
+        assert_eq!(h.me(Auth::Guest(token)).await.0, StatusCode::UNAUTHORIZED);
     }
 }

@@ -18,7 +18,9 @@ use serde::Deserialize;
 use crate::auth::{GUEST_TOKEN_HEADER, guest};
 use crate::db::users;
 use crate::error::ApiError;
-use crate::oauth::{CALLBACK_PATH, Callback, STATE_COOKIE, SignIn, provider::Provider};
+use crate::oauth::{
+    CALLBACK_PATH, Callback, STATE_COOKIE, SignIn, SignInError, provider::Provider,
+};
 use crate::state::AppState;
 
 /// Name of the cookie that carries the member JWT to the web client.
@@ -86,6 +88,7 @@ async fn authorize(
             found(started.authorize_url.as_str(), &[binding])
         }
         Err(err) => {
+            count(provider, err.kind());
             tracing::error!(%provider, error = %err, "sign-in could not start");
             found(sign_in.frontend_url(), &[])
         }
@@ -128,6 +131,7 @@ async fn callback(
     let bound = read_cookie(&headers, STATE_COOKIE);
     match sign_in.finish(provider, callback, bound.as_deref()).await {
         Ok(signed_in) => {
+            count(provider, "success");
             tracing::info!(%provider, user_id = signed_in.user_id, "member signed in");
             let access = cookie(
                 ACCESS_TOKEN_COOKIE,
@@ -140,10 +144,29 @@ async fn callback(
             found(sign_in.frontend_url(), &[clear_binding, access])
         }
         Err(err) => {
-            tracing::warn!(%provider, reason = %err, "sign-in failed");
+            count(provider, err.kind());
+            // Infrastructure failures are ours to fix; the rest are the browser's or provider's.
+            if matches!(
+                err,
+                SignInError::Store(_) | SignInError::Database(_) | SignInError::Sign(_)
+            ) {
+                tracing::error!(%provider, error = %err, "sign-in failed");
+            } else {
+                tracing::warn!(%provider, reason = %err, "sign-in failed");
+            }
             found(sign_in.frontend_url(), &[clear_binding])
         }
     }
+}
+
+/// Counts a finished sign-in attempt by provider and outcome.
+fn count(provider: Provider, outcome: &'static str) {
+    metrics::counter!(
+        "mutr_sign_ins_total",
+        "provider" => provider.as_str(),
+        "outcome" => outcome
+    )
+    .increment(1);
 }
 
 fn unknown_provider() -> Response {

@@ -41,11 +41,12 @@ pub const CALLBACK_PATH: &str = "/login/oauth2/code";
 type ProviderOAuthClient =
     BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
-/// One configured provider: its OAuth2 client and its userinfo endpoint.
+/// One configured provider: its OAuth2 client, its userinfo endpoint and the token signer.
 #[derive(Debug)]
 struct ProviderClient {
     oauth: ProviderOAuthClient,
     userinfo_url: Url,
+    signer: TokenSigner,
 }
 
 /// Sign-in configuration that cannot work.
@@ -138,6 +139,29 @@ pub enum SignInError {
     Sign(#[from] SignError),
 }
 
+impl SignInError {
+    /// A short, fixed label for metrics (`mutr_sign_ins_total{outcome}`).
+    #[must_use]
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::Denied(_) => "denied",
+            Self::MissingParameter(_) => "missing_parameter",
+            Self::StateMismatch => "state_mismatch",
+            Self::StateUnknown => "state_unknown",
+            Self::ProviderMismatch { .. } => "provider_mismatch",
+            Self::TokenRefused(_) => "token_refused",
+            Self::TokenExchange(_) => "token_exchange_failed",
+            Self::UserInfoRequest(_) | Self::UserInfoStatus(_) | Self::UserInfoBody(_) => {
+                "userinfo_failed"
+            }
+            Self::UserInfo(_) => "userinfo_unusable",
+            Self::Store(_) => "redis_failed",
+            Self::Database(_) => "database_failed",
+            Self::Sign(_) => "signing_failed",
+        }
+    }
+}
+
 /// Where [`SignIn::start`] sends the browser.
 #[derive(Debug)]
 pub struct Started {
@@ -172,7 +196,6 @@ pub struct SignedIn {
 #[derive(Debug)]
 pub struct SignIn {
     providers: HashMap<Provider, ProviderClient>,
-    signer: Option<TokenSigner>,
     states: StateStore,
     http: reqwest::Client,
     db: PgPool,
@@ -207,11 +230,20 @@ impl SignIn {
         parse_url("MUTR_PUBLIC_URL", public_url)?;
         let frontend_url = parse_url("MUTR_FRONTEND_URL", args.frontend_url())?;
 
+        // Read only for a configured provider: a server that offers no sign-in needs no signing
+        // key, and a verification-only secret is not held to the signing rules.
+        let signing_key = |provider| match (&args.jwt_private_key, jwt_secret) {
+            (Some(pem), _) => Ok(SigningKey::rs256_pem(pem.expose().as_bytes())?),
+            (None, Some(secret)) => Ok(SigningKey::hs256(secret.expose().as_bytes())?),
+            (None, None) => Err(ConfigError::NoSigningKey(provider)),
+        };
+
         let mut providers = HashMap::new();
         for provider in Provider::ALL {
             let Some(settings) = args.provider(provider) else {
                 continue;
             };
+            let signer = TokenSigner::new(signing_key(provider)?, args.jwt_lifetime);
             let env = |what: &str| {
                 format!(
                     "MUTR_OAUTH_{}_{what}",
@@ -241,22 +273,9 @@ impl SignIn {
                 ProviderClient {
                     oauth,
                     userinfo_url,
+                    signer,
                 },
             );
-        }
-
-        let signer = match (&args.jwt_private_key, jwt_secret) {
-            (Some(pem), _) => Some(SigningKey::rs256_pem(pem.expose().as_bytes())?),
-            (None, Some(secret)) => Some(SigningKey::hs256(secret.expose().as_bytes())?),
-            (None, None) => None,
-        }
-        .map(|key| TokenSigner::new(key, args.jwt_lifetime));
-        if signer.is_none()
-            && let Some(provider) = Provider::ALL
-                .into_iter()
-                .find(|p| providers.contains_key(p))
-        {
-            return Err(ConfigError::NoSigningKey(provider));
         }
 
         // Never follow redirects from a provider (SSRF), and bound every call.
@@ -271,7 +290,6 @@ impl SignIn {
         Ok(Self {
             secure_cookies: public_url.starts_with("https://"),
             providers,
-            signer,
             states: StateStore::new(redis, args.oauth_state_ttl),
             http,
             db,
@@ -415,11 +433,7 @@ impl SignIn {
         let user_id = self
             .store_member(provider, &user, pending.guest_user_id)
             .await?;
-        let signer = self
-            .signer
-            .as_ref()
-            .expect("a signer exists whenever a provider is configured");
-        let token = signer.sign(provider.as_str(), &user.id)?;
+        let token = client.signer.sign(provider.as_str(), &user.id)?;
         Ok(SignedIn { user_id, token })
     }
 
