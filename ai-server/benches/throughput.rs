@@ -104,6 +104,7 @@ async fn measure(
             parallel: parallel.next_power_of_two(),
             n_batch: 2048,
             n_threads: threads,
+            text_prefix: std::env::var("MUTR_EMBED_PREFIX").unwrap_or_default(),
         },
         limits: Limits {
             max_content_chars: 4000,

@@ -72,6 +72,7 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             parallel: args.embed_parallel(),
             n_batch: args.embed_batch,
             n_threads: threads,
+            text_prefix: args.embed_prefix.clone(),
         },
         limits: Limits {
             max_content_chars: args.max_content_chars,

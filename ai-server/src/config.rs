@@ -112,6 +112,10 @@ pub struct ServeArgs {
     /// multiple of the embedding parallelism.
     #[arg(long, env = "MUTR_EMBED_BATCH", default_value_t = 2048)]
     pub embed_batch: u32,
+    /// Text put before every text embedded; e5 models expect `query: ` (the production
+    /// multilingual-e5 model should run with it).
+    #[arg(long, env = "MUTR_EMBED_PREFIX", default_value = "")]
+    pub embed_prefix: String,
     /// Most tokens generated for a topic.
     #[arg(long, env = "MUTR_TOPIC_MAX_TOKENS", default_value_t = 30)]
     pub topic_max_tokens: usize,

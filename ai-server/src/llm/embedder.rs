@@ -36,12 +36,17 @@ pub struct EmbedSettings {
     pub n_batch: u32,
     /// CPU threads for llama.cpp.
     pub n_threads: i32,
+    /// Put before every text (e5 models expect `query: `).
+    pub text_prefix: String,
 }
 
 impl EmbedSettings {
     /// The settings that can change a result: the cut of long texts.
     pub(super) fn cache_identity(&self) -> String {
-        format!("embed_n_batch={}", self.n_batch)
+        format!(
+            "embed_n_batch={};embed_prefix={:?}",
+            self.n_batch, self.text_prefix
+        )
     }
 
     /// Checks what llama.cpp would otherwise abort on.
@@ -158,6 +163,7 @@ fn run(
         n_batch: n_batch as usize,
         parallel: settings.parallel as usize,
         max_tokens,
+        text_prefix: settings.text_prefix.clone(),
     };
     worker.run();
     tracing::info!("embedding worker stopped");
@@ -180,6 +186,7 @@ struct Worker<'m> {
     n_batch: usize,
     parallel: usize,
     max_tokens: usize,
+    text_prefix: String,
 }
 
 impl Worker<'_> {
@@ -232,6 +239,7 @@ impl Worker<'_> {
     /// Tokens of a text with the model's special tokens ([CLS] ... [SEP]), cut to fit one ubatch
     /// with the closing token kept.
     fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+        let text = format!("{}{text}", self.text_prefix);
         let mut tokens = self.model.vocab().tokenize(text.as_bytes(), true, false);
         if tokens.len() > self.max_tokens {
             let last = tokens[tokens.len() - 1];

@@ -115,6 +115,7 @@ pub fn config(o: &Opts, models: ModelSource) -> ServerConfig {
             parallel: o.parallel.next_power_of_two(),
             n_batch: 2048,
             n_threads: 1,
+            text_prefix: String::new(),
         },
         limits: limits(o),
         max_message_bytes: o.max_message_bytes,
