@@ -97,20 +97,27 @@ pub fn build_state(
 }
 
 /// Serves `args` on `listener` until `shutdown` is cancelled: connects to PostgreSQL (lazily) and
-/// Redis, then runs [`serve_state`].
+/// Redis, starts the live push, then runs [`serve_state`].
 pub async fn serve(
     args: ServeArgs,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let pool = db::pool(&args.database).map_err(ServeError::DatabaseUrl)?;
-    let state = build_state(
-        &args,
-        pool,
-        Arc::new(NoPipeline),
-        Arc::new(LogOnlyBroadcaster),
-    )?;
-    serve_state(&args, state, listener, shutdown).await
+    // The push gets its own token: serve_state closes its sessions at the right step of shutdown,
+    // and its Redis bridge stops only after the last request.
+    let push_stop = CancellationToken::new();
+    let push = realtime::Realtime::start(
+        args.realtime.clone(),
+        Some(args.redis_url.expose().to_owned()),
+        push_stop.clone(),
+    )
+    .await?;
+    let state =
+        build_state(&args, pool, Arc::new(NoPipeline), Arc::new(push.clone()))?.with_realtime(push);
+    let result = serve_state(&args, state, listener, shutdown).await;
+    push_stop.cancel();
+    result
 }
 
 /// Serves prepared `state` on `listener`. On `shutdown`: readiness fails first, the server keeps

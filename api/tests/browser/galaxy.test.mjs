@@ -1,0 +1,69 @@
+// Browser test of the page at `/`: headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core, which downloads no browser) loads the galaxy, two pages connect to the live
+// push, one posts a node as a guest, and both see it arrive. Run by hack/checks/browser.sh, which
+// starts the API and sets MUTR_URL.
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+const base = process.env.MUTR_URL;
+assert.ok(base, "MUTR_URL is not set");
+const executablePath = process.env.MUTR_CHROMIUM || "/usr/bin/chromium";
+const TIMEOUT = 20_000;
+
+const browser = await chromium.launch({
+  executablePath,
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+  ],
+});
+
+try {
+  const errors = [];
+  async function openPage() {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    page.setDefaultTimeout(TIMEOUT);
+    page.on("pageerror", (err) => errors.push(err.message));
+    const response = await page.goto(base + "/");
+    assert.equal(response.status(), 200);
+    await page.waitForSelector('#live[data-state="live"]');
+    return page;
+  }
+
+  const poster = await openPage();
+  const watcher = await openPage();
+  assert.equal(await poster.title(), "MUTR galaxy");
+  const before = Number(await watcher.textContent("#count"));
+
+  const marker = `브라우저 시험 ${Date.now()}`;
+  await poster.fill("#content", marker);
+  await poster.click("#post");
+
+  // The node arrives over STOMP (the page does not add it from the POST answer).
+  for (const page of [poster, watcher]) {
+    await page.waitForSelector(`#recent li .content >> text="${marker}"`);
+  }
+  await watcher.waitForFunction((n) => Number(document.querySelector("#count").textContent) > n, before);
+  assert.match(await poster.textContent("#me"), /^guest: \S+_\S+_\d{4}$/);
+  assert.equal(await poster.inputValue("#content"), "", "the box is cleared after posting");
+
+  // Reload: the node is now part of the galaxy drawn from /viz.
+  await watcher.reload();
+  await watcher.waitForSelector(`#recent li .content >> text="${marker}"`);
+
+  // Bad input is shown, not swallowed: whitespace-only content is refused by the API.
+  await poster.fill("#content", "   ");
+  await poster.click("#post");
+  await poster.waitForFunction(() => document.querySelector("#error").textContent.length > 0);
+
+  assert.deepEqual(errors, [], "no script errors on the page");
+  console.log("browser test passed: the posted node appeared live on both pages");
+} finally {
+  await browser.close();
+}
