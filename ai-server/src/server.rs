@@ -32,6 +32,9 @@ pub enum ServeError {
     /// The side port failed.
     #[error("metrics port")]
     Metrics(#[source] std::io::Error),
+    /// A model worker thread ended while serving (a bug: it panicked).
+    #[error("a model worker stopped unexpectedly")]
+    WorkerDied,
 }
 
 /// Where the models come from.
@@ -199,7 +202,24 @@ pub async fn serve(
     };
 
     if failure.is_none() && !shutdown_requested {
-        shutdown.await;
+        // Serve until shutdown; a dead worker ends the process (so that it is restarted) rather
+        // than leaving a SERVING server that fails every request.
+        let watchdog = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let alive = shared.models().is_none_or(|m| m.workers_alive());
+                if !alive {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => {}
+            () = watchdog => {
+                tracing::error!("a model worker stopped unexpectedly; shutting down");
+                failure = Some(ServeError::WorkerDied);
+            }
+        }
     }
 
     // Drain: fail health first, refuse new work, let what is in flight finish.

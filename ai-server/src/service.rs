@@ -59,6 +59,14 @@ impl<M: Models> Shared<M> {
         *self.models.write().unwrap_or_else(|e| e.into_inner()) = Some(models);
     }
 
+    /// The models, once loaded.
+    pub fn models(&self) -> Option<Arc<M>> {
+        self.models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Takes the models back (at shutdown, once nothing is in flight).
     pub fn take_models(&self) -> Option<Arc<M>> {
         self.models
@@ -159,10 +167,7 @@ impl<M: Models> AnalysisHandler<M> {
             return Err(Status::unavailable("the server is draining"));
         }
         let models = shared
-            .models
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .models()
             .ok_or_else(|| Status::unavailable("the models are still loading"))?;
         let permit = shared.admission.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(

@@ -162,6 +162,16 @@ impl LlamaEngine {
         })
     }
 
+    /// Whether both worker threads are still running (a panicked worker would leave requests
+    /// failing with `UNAVAILABLE` while health said `SERVING`).
+    pub fn workers_alive(&self) -> bool {
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .all(|t| !t.is_finished())
+    }
+
     /// Stops both workers once their queues are empty and waits for their threads (blocking).
     pub fn shutdown(self) {
         let Self {
