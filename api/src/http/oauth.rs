@@ -89,7 +89,7 @@ async fn authorize(
         }
         Err(err) => {
             count(provider, err.kind());
-            tracing::error!(%provider, error = %err, "sign-in could not start");
+            tracing::error!(%provider, error = %chain(&err), "sign-in could not start");
             found(sign_in.frontend_url(), &[])
         }
     }
@@ -150,13 +150,27 @@ async fn callback(
                 err,
                 SignInError::Store(_) | SignInError::Database(_) | SignInError::Sign(_)
             ) {
-                tracing::error!(%provider, error = %err, "sign-in failed");
+                tracing::error!(%provider, error = %chain(&err), "sign-in failed");
             } else {
                 tracing::warn!(%provider, reason = %err, "sign-in failed");
             }
             found(sign_in.frontend_url(), &[clear_binding])
         }
     }
+}
+
+/// An infrastructure error with its causes (`redis failed: connection refused`), for the log. The
+/// sources are Redis, PostgreSQL and signing errors, which carry no tokens or secrets; provider
+/// failures are logged by their `Display` only.
+fn chain(err: &SignInError) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Counts a finished sign-in attempt by provider and outcome.
@@ -251,6 +265,17 @@ mod tests {
                 true
             ),
             "mutr_oauth2_state=s; Path=/login/oauth2/code/google; Max-Age=600; SameSite=Lax; HttpOnly; Secure"
+        );
+    }
+
+    #[test]
+    fn infrastructure_errors_are_logged_with_their_causes() {
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let err = SignInError::Store(crate::oauth::state::StateStoreError::Malformed(json));
+        let text = chain(&err);
+        assert!(
+            text.starts_with("a pending authorization in redis is malformed: EOF"),
+            "{text}"
         );
     }
 
