@@ -74,23 +74,15 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
     pub identity: String,
     /// How long the Lease lasts without renewal.
-    #[arg(long, env = "MUTR_LEASE_DURATION", value_parser = humantime_secs, default_value = "15s")]
+    #[arg(long, env = "MUTR_LEASE_DURATION", value_parser = crate::plugin::parse_duration, default_value = "15s")]
     pub lease_duration: Duration,
     /// How long before expiry the leader renews the Lease.
-    #[arg(long, env = "MUTR_LEASE_GRACE", value_parser = humantime_secs, default_value = "5s")]
+    #[arg(long, env = "MUTR_LEASE_GRACE", value_parser = crate::plugin::parse_duration, default_value = "5s")]
     pub lease_grace: Duration,
 }
 
 fn default_identity() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "mutr-operator".into())
-}
-
-fn humantime_secs(s: &str) -> Result<Duration, String> {
-    let digits = s.strip_suffix('s').unwrap_or(s);
-    digits
-        .parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|_| format!("{s:?} is not a number of seconds like 15s"))
 }
 
 /// Sets up tracing.

@@ -470,3 +470,43 @@ async fn the_stable_service_never_selects_a_colour_without_ready_pods() {
     );
     let _ = NS;
 }
+
+#[tokio::test]
+async fn the_controller_reconciles_what_it_lists_and_stops_on_shutdown() {
+    let fake = FakeApi::new();
+    fake.put(
+        "mutrdeployments",
+        mutr_deployment("ghcr.io/mutr/api:1", false),
+    );
+    let migrate = format!("mutr-migrate-{}", revision(&fake));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(mutr_operator::reconcile::run(
+        fake.context(),
+        Some(NS.into()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fake.get("jobs", &migrate).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the controller never reconciled: {:?}",
+            fake.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(fake.status("mutr")["phase"], "Migrating");
+    let log = fake.log();
+    for watched in ["mutrdeployments", "deployments", "services", "jobs"] {
+        assert!(
+            log.iter().any(|l| l == &format!("GET {watched}")),
+            "{watched} is listed: {log:?}"
+        );
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), controller)
+        .await
+        .expect("graceful shutdown")
+        .unwrap();
+}

@@ -168,6 +168,20 @@ impl FakeApi {
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_owned(), decode(v)))
             .collect();
+        if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+            // No change notifications: a watch ends empty after a while, and the watcher opens the
+            // next one; the controller learns of changes through its initial list and requeues.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            self.state
+                .lock()
+                .unwrap()
+                .log
+                .push(format!("WATCH {plural}"));
+            return Response::builder()
+                .status(StatusCode::OK)
+                .body(kube::client::Body::from(Vec::new()))
+                .unwrap();
+        }
         let mut state = self.state.lock().unwrap();
         state.log.push(format!(
             "{method} {plural}{}{}",
