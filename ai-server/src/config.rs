@@ -89,7 +89,7 @@ pub struct ServeArgs {
 
     /// Sequences of the generative model decoded together (continuous batching); 1 is the old
     /// one-at-a-time server.
-    #[arg(long, env = "MUTR_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, env = "MUTR_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=254))]
     pub parallel: u32,
     /// Texts embedded in one decode; a power of two (llama.cpp aborts on others with MEAN
     /// pooling). Default: `--parallel` rounded up to a power of two.

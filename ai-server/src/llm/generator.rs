@@ -107,9 +107,10 @@ pub(super) fn spawn(
     model: Arc<LlamaModel>,
     settings: GenSettings,
 ) -> Result<(mpsc::UnboundedSender<GenJob>, JoinHandle<()>), LoadError> {
-    if settings.parallel == 0 || settings.parallel > 256 {
+    // Two more sequences hold the shared prompt starts; llama.cpp allows 256 in all.
+    if settings.parallel == 0 || settings.parallel > 254 {
         return Err(LoadError::Settings(format!(
-            "parallel must be in 1..=256, not {}",
+            "parallel must be in 1..=254, not {}",
             settings.parallel
         )));
     }
