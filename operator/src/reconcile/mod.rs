@@ -289,14 +289,19 @@ pub async fn apply(
                     ..PatchParams::default()
                 };
                 for (name, replicas) in [(names.api(color), api), (names.ai(color), ai)] {
-                    deployments
+                    match deployments
                         .patch(
                             &name,
                             &params,
                             &Patch::Merge(json!({ "spec": { "replicas": replicas } })),
                         )
                         .await
-                        .map_err(Error::kube(format!("scale Deployment {name}")))?;
+                    {
+                        // A colour missing one of its Deployments has no pods of it to scale.
+                        Ok(_) => {}
+                        Err(kube::Error::Api(status)) if status.code == 404 => {}
+                        Err(e) => return Err(Error::kube(format!("scale Deployment {name}"))(e)),
+                    }
                 }
             }
         }

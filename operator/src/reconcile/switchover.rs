@@ -63,9 +63,12 @@ pub struct ColorObserved {
 impl ColorObserved {
     /// Revision of the colour's Deployments when both agree.
     #[must_use]
+    /// Revision of the colour's Deployments: the one they agree on, or the one that exists when the
+    /// other was deleted (so that it is recreated at the same revision instead of starting a rollout).
     pub fn revision(&self) -> Option<&str> {
         match (&self.api, &self.ai) {
             (Some(api), Some(ai)) if api.revision == ai.revision => api.revision.as_deref(),
+            (Some(only), None) | (None, Some(only)) => only.revision.as_deref(),
             _ => None,
         }
     }
@@ -475,6 +478,15 @@ impl Planner<'_> {
     fn steady_or_rollout(&mut self) -> bool {
         let revision = self.revision.clone();
         let aborted = self.spec().strategy_aborts(&revision);
+        if self.plan.status.active_color.is_none()
+            && let Some(serving) = self.input.observed.active_service
+            && self.observed(serving).has_ready_pods()
+        {
+            // The stable Service already selects a serving colour but the status does not say so
+            // (the resource was re-created without its status): adopt it rather than deploy anew.
+            self.status().active_color = Some(serving);
+            self.event(false, "Adopted", format!("{serving} already serves through the stable Service; adopting it as the active colour"));
+        }
         let Some(active) = self.plan.status.active_color else {
             // First creation: migrate, then a switchover from nothing to the requested colour.
             if aborted {
@@ -1286,6 +1298,43 @@ mod tests {
                     color: Color::Blue,
                 }],
                 event: Some("RollingBack"),
+            },
+            Case {
+                name: "a lost status adopts the colour the stable Service selects",
+                spec: spec(false, None),
+                status: MutrDeploymentStatus::default(),
+                observed: Observed {
+                    green: up(r, 2, true),
+                    active_service: Some(Color::Green),
+                    ..Default::default()
+                },
+                phase: Phase::Healthy,
+                step: None,
+                service: Some(Color::Green),
+                green: ColorAction::Apply { api: 2, ai: 1 },
+                blue: ColorAction::Keep,
+                jobs: vec![],
+                event: Some("Adopted"),
+            },
+            Case {
+                name: "a deleted Deployment of the serving colour is recreated, not rolled out",
+                spec: spec(false, None),
+                status: active(Color::Blue, r),
+                observed: Observed {
+                    blue: ColorObserved {
+                        ai: None,
+                        ..up(r, 2, true)
+                    },
+                    active_service: Some(Color::Blue),
+                    ..Default::default()
+                },
+                phase: Phase::Healthy,
+                step: None,
+                service: Some(Color::Blue),
+                green: ColorAction::Keep,
+                blue: ColorAction::Apply { api: 2, ai: 1 },
+                jobs: vec![],
+                event: None,
             },
         ];
         for case in cases {
