@@ -15,8 +15,8 @@ fn config(identity: &str) -> LeaseConfig {
         name: "mutr-operator-leader".into(),
         namespace: NS.into(),
         identity: identity.into(),
-        duration: Duration::from_secs(2),
-        grace: Duration::from_secs(1),
+        duration: Duration::from_secs(4),
+        grace: Duration::from_secs(2),
     }
 }
 
@@ -35,7 +35,7 @@ async fn only_one_replica_leads_and_a_successor_takes_over() {
     let mut b = leader::start(fake.client(), &config("operator-b"))
         .await
         .unwrap();
-    // Through two full lease periods, with `a` renewing, `b` must never lead.
+    // Through more than a full lease period, with `a` renewing, `b` must never lead.
     let watch_until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < watch_until {
         assert!(*a.receiver.borrow(), "a lost the lease while renewing it");
