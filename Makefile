@@ -59,8 +59,8 @@ crds: deps ## Regenerate crds/ from the operator's Rust types
 	@echo "wrote crds/mutrdeployments.mutr.io.yaml and its copies in charts/mutr/crds and manifests/base/crds"
 
 .PHONY: sqlx-prepare
-sqlx-prepare: deps ## Refresh .sqlx/ (offline query data) against a real database
-	@$(HACK)/with-services.sh bash -c 'SQLX_OFFLINE=false $(CARGO) run -q -p mutr-api -- migrate && SQLX_OFFLINE=false $(CARGO) sqlx prepare --workspace'
+sqlx-prepare: deps ## Refresh .sqlx/ (offline query data) against a scratch database; no sqlx-cli needed
+	@$(HACK)/with-services.sh $(HACK)/sqlx-prepare.sh
 
 .PHONY: clean
 clean: ## Remove build output and local service data

@@ -1,0 +1,504 @@
+//! Load bench of the API against a running server on loopback (started by hack/benches/api.sh):
+//! the two scenarios of the old k6 tests (write-heavy: 100 users posting nodes; mixed: 200 users,
+//! one write to four `/viz` reads), then `/viz` on a galaxy grown to 1,000,000 nodes. Prints
+//! requests/s, p50/p95/p99 and errors, and a table against the baselines measured in the same run
+//! (pgbench single-row inserts with the same client count, passed in by the script) and the
+//! targets of issue 5.
+
+#![forbid(unsafe_code)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::{Value, json};
+
+/// Load bench of mutr-api.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Base URL of the running API.
+    #[arg(long, env = "MUTR_BENCH_URL")]
+    url: String,
+    /// The API's database (to grow the galaxy to the target size for the `/viz` figure).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Length of each of the two load scenarios.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    duration: Duration,
+    /// Concurrent users of the write-heavy scenario.
+    #[arg(long, default_value_t = 100)]
+    write_users: usize,
+    /// Concurrent users of the mixed scenario.
+    #[arg(long, default_value_t = 200)]
+    mixed_users: usize,
+    /// Nodes in the galaxy for the `/viz` figure.
+    #[arg(long, default_value_t = 1_000_000)]
+    galaxy_nodes: i64,
+    /// Length of the `/viz` measurement on the large galaxy.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    viz_duration: Duration,
+    /// Concurrent readers of the `/viz` measurement.
+    #[arg(long, default_value_t = 10)]
+    viz_users: usize,
+    /// pgbench's single-row insert rate (transactions/s) with the write-heavy client count.
+    #[arg(long)]
+    pgbench_tps: Option<f64>,
+    /// pgbench's average latency in ms, same run.
+    #[arg(long)]
+    pgbench_latency_ms: Option<f64>,
+    /// Passed by `cargo bench` to every bench binary; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Latencies (µs) and errors of one kind of request.
+#[derive(Debug, Default, Clone)]
+struct Samples {
+    micros: Vec<u64>,
+    errors: u64,
+}
+
+impl Samples {
+    fn merge(&mut self, other: Samples) {
+        self.micros.extend(other.micros);
+        self.errors += other.errors;
+    }
+
+    fn total(&self) -> u64 {
+        self.micros.len() as u64 + self.errors
+    }
+
+    fn percentile_ms(&self, sorted: &[u64], p: f64) -> f64 {
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+    }
+}
+
+/// One line of the results table.
+struct Row {
+    name: String,
+    rps: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    errors: u64,
+    total: u64,
+}
+
+fn row(name: &str, samples: &Samples, elapsed: Duration) -> Row {
+    let mut sorted = samples.micros.clone();
+    sorted.sort_unstable();
+    Row {
+        name: name.to_owned(),
+        rps: samples.total() as f64 / elapsed.as_secs_f64(),
+        p50: samples.percentile_ms(&sorted, 50.0),
+        p95: samples.percentile_ms(&sorted, 95.0),
+        p99: samples.percentile_ms(&sorted, 99.0),
+        errors: samples.errors,
+        total: samples.total(),
+    }
+}
+
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn guest(&self) -> anyhow::Result<String> {
+        let body: Value = self
+            .http
+            .post(format!("{}/api/v1/auth/guest", self.base))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        body["data"]["guestToken"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no guest token")
+    }
+
+    /// Posts a node; its id on success.
+    async fn post(&self, token: &str, body: &Value) -> Option<i64> {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/nodes", self.base))
+            .header("X-Guest-Token", token)
+            .json(body)
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body: Value = response.json().await.ok()?;
+        body["data"]["id"].as_i64()
+    }
+
+    async fn viz(&self, x: f64, y: f64, z: f64) -> bool {
+        let url = format!(
+            "{}/api/v1/nodes/viz?x={x:.2}&y={y:.2}&z={z:.2}&range=200",
+            self.base
+        );
+        match self.http.get(url).send().await {
+            Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+            _ => false,
+        }
+    }
+}
+
+const WORDS: &[&str] = &[
+    "오늘", "하늘", "구름", "바다", "기억", "마음", "바람", "여행", "커피", "음악", "책", "친구",
+    "산책", "저녁", "아침", "생각", "꿈", "노래",
+];
+
+fn content(rng: &mut StdRng) -> String {
+    let n = rng.random_range(4..40);
+    (0..n)
+        .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn node_body(rng: &mut StdRng, own: &[i64]) -> Value {
+    // A quarter new roots somewhere in the galaxy, the rest answers to one of this user's nodes.
+    if own.is_empty() || rng.random_bool(0.25) {
+        let text = content(rng);
+        let mut c = || rng.random_range(-2000.0..2000.0_f64).round();
+        json!({"content": text, "x": c(), "y": c(), "z": c()})
+    } else {
+        let parent = own[rng.random_range(0..own.len())];
+        let text = content(rng);
+        let mut d = || rng.random_range(-1.0..1.0_f64);
+        json!({"content": text, "parentId": parent, "dirX": d(), "dirY": d(), "dirZ": d()})
+    }
+}
+
+/// Runs `users` closed-loop users for `duration`; `writes_every` = 1 means every request is a
+/// write, 5 means one write then four `/viz` reads. Returns (writes, reads, elapsed).
+async fn scenario(
+    client: &Client,
+    tokens: &[String],
+    duration: Duration,
+    writes_every: u64,
+) -> (Samples, Samples, Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let client = client.clone();
+        let token = token.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(i as u64);
+            let (mut writes, mut reads) = (Samples::default(), Samples::default());
+            let mut own: Vec<i64> = Vec::new();
+            let mut n: u64 = i as u64; // stagger the write/read cycle across users
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if n.is_multiple_of(writes_every) {
+                    let body = node_body(&mut rng, &own);
+                    match client.post(&token, &body).await {
+                        Some(id) => {
+                            writes.micros.push(t.elapsed().as_micros() as u64);
+                            if own.len() < 64 {
+                                own.push(id);
+                            } else {
+                                let k = rng.random_range(0..own.len());
+                                own[k] = id;
+                            }
+                        }
+                        None => writes.errors += 1,
+                    }
+                } else {
+                    let mut c = || rng.random_range(-2000.0..2000.0_f64);
+                    let (x, y, z) = (c(), c(), c());
+                    if client.viz(x, y, z).await {
+                        reads.micros.push(t.elapsed().as_micros() as u64);
+                    } else {
+                        reads.errors += 1;
+                    }
+                }
+                n += 1;
+            }
+            (writes, reads)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut writes, mut reads) = (Samples::default(), Samples::default());
+    for task in tasks {
+        let (w, r) = task.await.expect("user task");
+        writes.merge(w);
+        reads.merge(r);
+    }
+    (writes, reads, started.elapsed())
+}
+
+/// Grows the galaxy to `target` nodes: clusters of about 100 nodes, 300 units across, around
+/// 10,000 centres spread over a 10,000-unit cube (the shape trees of 15-unit steps take).
+async fn grow_galaxy(database_url: &str, target: i64) -> anyhow::Result<()> {
+    use sqlx::{Connection as _, Executor as _};
+    let mut db = sqlx::PgConnection::connect(database_url).await?;
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM nodes")
+        .fetch_one(&mut db)
+        .await?;
+    let missing = target - have;
+    if missing <= 0 {
+        return Ok(());
+    }
+    let author: i64 = sqlx::query_scalar(
+        "INSERT INTO users (nickname, role, guest_token_hash) VALUES ('벤치_작가_0000', 'ROLE_GUEST', gen_random_uuid()::text::bytea) RETURNING id",
+    )
+    .fetch_one(&mut db)
+    .await?;
+    let started = Instant::now();
+    db.execute("SELECT setseed(0.42)").await?;
+    db.execute(
+        "CREATE TEMP TABLE centres AS
+         SELECT g AS c, (random() - 0.5) * 10000 AS x, (random() - 0.5) * 10000 AS y, (random() - 0.5) * 10000 AS z
+         FROM generate_series(0, 9999) g",
+    )
+    .await?;
+    sqlx::query(
+        "INSERT INTO nodes (id, content, author_id, root_id, x, y, z, analysis_status, topic, emotion, mutation_filter, mutation_score)
+         SELECT s.id, 'galaxy node ' || s.id, $1, s.id,
+                round((c.x + (random() - 0.5) * 300)::numeric, 2)::float8,
+                round((c.y + (random() - 0.5) * 300)::numeric, 2)::float8,
+                round((c.z + (random() - 0.5) * 300)::numeric, 2)::float8,
+                'COMPLETED', '벤치', 'neutral', 'ORIGIN', 0.0
+         FROM (SELECT nextval(pg_get_serial_sequence('nodes', 'id')) AS id, g FROM generate_series(1, $2) g) s
+         JOIN centres c ON c.c = s.g % 10000",
+    )
+    .bind(author)
+    .bind(missing)
+    .execute(&mut db)
+    .await?;
+    db.execute("ANALYZE nodes").await?;
+    eprintln!(
+        "grew the galaxy by {missing} nodes to {target} in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `/viz` around existing nodes of the large galaxy.
+async fn viz_at_scale(
+    client: &Client,
+    database_url: &str,
+    users: usize,
+    duration: Duration,
+) -> anyhow::Result<(Samples, Duration, f64)> {
+    use sqlx::Connection as _;
+    let mut db = sqlx::PgConnection::connect(database_url).await?;
+    let points: Vec<(f64, f64, f64)> =
+        sqlx::query_as("SELECT x, y, z FROM nodes TABLESAMPLE SYSTEM (1) LIMIT 2000")
+            .fetch_all(&mut db)
+            .await?;
+    if points.is_empty() {
+        bail!("no nodes to centre /viz on");
+    }
+    let points = Arc::new(points);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..users {
+        let (client, points, stop) = (client.clone(), points.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(1000 + i as u64);
+            let mut samples = Samples::default();
+            let mut returned = 0_u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (x, y, z) = points[rng.random_range(0..points.len())];
+                let t = Instant::now();
+                let url = format!(
+                    "{}/api/v1/nodes/viz?x={x}&y={y}&z={z}&range=200",
+                    client.base
+                );
+                match client.http.get(url).send().await {
+                    Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                        Ok(body) => {
+                            samples.micros.push(t.elapsed().as_micros() as u64);
+                            returned += body["data"].as_array().map_or(0, Vec::len) as u64;
+                        }
+                        Err(_) => samples.errors += 1,
+                    },
+                    _ => samples.errors += 1,
+                }
+            }
+            (samples, returned)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Samples::default();
+    let mut returned = 0;
+    for task in tasks {
+        let (s, r) = task.await.expect("viz task");
+        all.merge(s);
+        returned += r;
+    }
+    let per_answer = returned as f64 / all.micros.len().max(1) as f64;
+    Ok((all, started.elapsed(), per_answer))
+}
+
+fn print_rows(rows: &[Row]) {
+    println!(
+        "{:<34} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "scenario", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "requests"
+    );
+    for r in rows {
+        println!(
+            "{:<34} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>9}",
+            r.name, r.rps, r.p50, r.p95, r.p99, r.errors, r.total
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let base = args.url.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let client = Client { http, base };
+
+    let users = args.write_users.max(args.mixed_users);
+    let mut tokens = Vec::with_capacity(users);
+    for _ in 0..users {
+        tokens.push(client.guest().await?);
+    }
+
+    eprintln!(
+        "write-heavy: {} users for {:?}",
+        args.write_users, args.duration
+    );
+    let (w_writes, _, w_elapsed) =
+        scenario(&client, &tokens[..args.write_users], args.duration, 1).await;
+    eprintln!(
+        "mixed: {} users for {:?}, 1 write : 4 /viz",
+        args.mixed_users, args.duration
+    );
+    let (m_writes, m_reads, m_elapsed) =
+        scenario(&client, &tokens[..args.mixed_users], args.duration, 5).await;
+    let mut mixed = m_writes.clone();
+    mixed.merge(m_reads.clone());
+
+    eprintln!("growing the galaxy to {} nodes", args.galaxy_nodes);
+    grow_galaxy(&args.database_url, args.galaxy_nodes).await?;
+    let (viz, v_elapsed, per_answer) = viz_at_scale(
+        &client,
+        &args.database_url,
+        args.viz_users,
+        args.viz_duration,
+    )
+    .await?;
+
+    let write_row = row(
+        &format!("write-heavy ({} users)", args.write_users),
+        &w_writes,
+        w_elapsed,
+    );
+    let mixed_row = row(
+        &format!("mixed ({} users), all", args.mixed_users),
+        &mixed,
+        m_elapsed,
+    );
+    let rows = vec![
+        row(
+            &format!("write-heavy ({} users)", args.write_users),
+            &w_writes,
+            w_elapsed,
+        ),
+        row(
+            &format!("mixed ({} users), all", args.mixed_users),
+            &mixed,
+            m_elapsed,
+        ),
+        row("  mixed: POST /nodes", &m_writes, m_elapsed),
+        row("  mixed: GET /viz", &m_reads, m_elapsed),
+        row(
+            &format!(
+                "/viz at {} nodes ({} users)",
+                args.galaxy_nodes, args.viz_users
+            ),
+            &viz,
+            v_elapsed,
+        ),
+    ];
+    println!();
+    print_rows(&rows);
+    println!("(/viz at scale returned {per_answer:.0} nodes per answer on average)");
+
+    let viz_row = rows.last().expect("viz row");
+    let total_errors: u64 = rows[..2].iter().map(|r| r.errors).sum::<u64>() + viz_row.errors;
+    let total: u64 = rows[..2].iter().map(|r| r.total).sum::<u64>() + viz_row.total;
+    println!();
+    println!(
+        "{:<44} {:>12} {:>22} {:>8}",
+        "figure", "value", "baseline", "ratio"
+    );
+    if let Some(tps) = args.pgbench_tps {
+        println!(
+            "{:<44} {:>12.0} {:>22} {:>8.2}",
+            "node creation rate, write-heavy (req/s)",
+            write_row.rps,
+            format!("{tps:.0} pgbench tps"),
+            write_row.rps / tps
+        );
+    }
+    if let Some(lat) = args.pgbench_latency_ms {
+        println!(
+            "{:<44} {:>12.2} {:>22} {:>8.2}",
+            "write-heavy p50 vs pgbench mean latency (ms)",
+            write_row.p50,
+            format!("{lat:.2} pgbench avg"),
+            write_row.p50 / lat
+        );
+    }
+    println!(
+        "{:<44} {:>12.2} {:>22} {:>8.2}",
+        "write-heavy p95 (ms)",
+        write_row.p95,
+        "50 target",
+        write_row.p95 / 50.0
+    );
+    println!(
+        "{:<44} {:>12.2} {:>22} {:>8.2}",
+        "mixed p95 (ms)",
+        mixed_row.p95,
+        "50 target",
+        mixed_row.p95 / 50.0
+    );
+    println!(
+        "{:<44} {:>12.2} {:>22} {:>8.2}",
+        format!("/viz p95 at {} nodes (ms)", args.galaxy_nodes),
+        viz_row.p95,
+        "20 target",
+        viz_row.p95 / 20.0
+    );
+    println!(
+        "{:<44} {:>12} {:>22} {:>8}",
+        "errors (all scenarios)",
+        format!("{total_errors}/{total}"),
+        "0 target",
+        "-"
+    );
+    Ok(())
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# API load bench (issue 5): the release `mutr-api serve` on loopback over a fresh database, driven
+# by api/benches/load.rs: write-heavy (100 users posting nodes) and mixed (200 users, one write to
+# four /viz reads), 30 s each, then /viz on a galaxy grown to 1,000,000 nodes. Baseline measured
+# in the same run: pgbench single-row inserts into a table shaped like `nodes` (same columns,
+# defaults, checks and indexes) with the write-heavy client count.
+# Needs DATABASE_URL, REDIS_URL and pgbench (hack/bench.sh provides them).
+# Knobs: MUTR_BENCH_DURATION (30s), MUTR_BENCH_GALAXY (1000000).
+set -euo pipefail
+source "$(dirname "$0")/../lib.sh"
+cd "$ROOT"
+
+: "${DATABASE_URL:?DATABASE_URL must be set}"
+: "${REDIS_URL:?REDIS_URL must be set}"
+command -v pgbench >/dev/null || die "pgbench not found (hack/ensure-deps.sh bench)"
+duration="${MUTR_BENCH_DURATION:-30s}"
+galaxy="${MUTR_BENCH_GALAXY:-1000000}"
+write_users=100
+mixed_users=200
+
+cargo build -q --release -p mutr-api --bin mutr-api --bench load
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/mutr-api"
+
+db="mutr_bench_$$"
+url_base="${DATABASE_URL%%\?*}"
+url_query="${DATABASE_URL#"$url_base"}"
+db_url="${url_base%/*}/$db$url_query"
+psql -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
+
+workdir="$(mktemp -d)"
+api_pid=""
+cleanup() {
+    if [ -n "$api_pid" ]; then kill -TERM "$api_pid" 2>/dev/null || true; wait "$api_pid" 2>/dev/null || true; fi
+    psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    rm -rf "$workdir"
+}
+trap cleanup EXIT
+
+DATABASE_URL="$db_url" RUST_LOG=warn "$BIN" migrate
+
+# pgbench needs one connection per client besides the API's pool.
+max_conn="$(psql -At "$db_url" -c 'SHOW max_connections')"
+pg_clients=$write_users
+if [ "$max_conn" -lt $((write_users + 10)) ]; then
+    pg_clients=$((max_conn - 10))
+    log "max_connections is $max_conn: pgbench runs $pg_clients clients instead of $write_users"
+fi
+
+log "baseline: pgbench, $pg_clients clients, single-row inserts for $duration"
+psql -q -v ON_ERROR_STOP=1 "$db_url" -c "CREATE TABLE bench_nodes (LIKE nodes INCLUDING ALL)" >/dev/null
+cat >"$workdir/insert.sql" <<'SQL'
+\set x random(-2000, 2000)
+\set y random(-2000, 2000)
+\set z random(-2000, 2000)
+INSERT INTO bench_nodes (content, author_id, parent_id, root_id, x, y, z)
+VALUES ('오늘 하늘 구름 바다 기억 마음 바람 여행 커피 음악 친구 산책', 1, 1, 1, :x, :y, :z);
+SQL
+secs="$(( $(sed -E 's/s$//' <<<"$duration") ))"
+pgbench -n -q -c "$pg_clients" -j 2 -T "$secs" -f "$workdir/insert.sql" "$db_url" >"$workdir/pgbench.log" 2>&1 \
+    || { cat "$workdir/pgbench.log" >&2; die "pgbench failed"; }
+tps="$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$workdir/pgbench.log" | tail -n1)"
+lat="$(sed -nE 's/^latency average = ([0-9.]+) ms.*/\1/p' "$workdir/pgbench.log" | tail -n1)"
+[ -n "$tps" ] || { cat "$workdir/pgbench.log" >&2; die "could not read pgbench's tps"; }
+psql -q "$db_url" -c "DROP TABLE bench_nodes" >/dev/null
+
+port="$(free_port 18090)"
+log "starting mutr-api (release) on 127.0.0.1:$port, per-user write limit off"
+DATABASE_URL="$db_url" MUTR_HTTP_ADDR="127.0.0.1:$port" MUTR_WRITE_RATE_PER_SEC=0 \
+    MUTR_REALTIME_REDIS_CHANNEL="mutr:bench:$$" MUTR_SHUTDOWN_GRACE=0s RUST_LOG=warn \
+    "$BIN" serve >"$workdir/api.log" 2>&1 &
+api_pid=$!
+wait_for 60 curl -fsS "http://127.0.0.1:$port/readyz" \
+    || { tail -n 40 "$workdir/api.log" >&2; die "mutr-api did not become ready"; }
+
+log "load: write-heavy, mixed, then /viz at $galaxy nodes"
+DATABASE_URL="$db_url" cargo bench -q -p mutr-api --bench load -- \
+    --url "http://127.0.0.1:$port" --duration "$duration" \
+    --write-users "$write_users" --mixed-users "$mixed_users" --galaxy-nodes "$galaxy" \
+    --pgbench-tps "$tps" --pgbench-latency-ms "${lat:-0}"
+log "pgbench baseline: $pg_clients clients, $tps tps, average latency ${lat:-?} ms"
