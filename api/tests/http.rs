@@ -517,6 +517,33 @@ async fn viz_returns_the_cube_capped(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn the_page_and_its_scripts_are_served(pool: PgPool) {
+    let s = TestServer::start(pool).await;
+    let page = s.http.get(s.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    for script in ["/assets/stomp.js", "/assets/galaxy.js"] {
+        assert!(html.contains(script), "{script} not referenced");
+        let js = s.http.get(s.url(script)).send().await.unwrap();
+        assert_eq!(js.status(), StatusCode::OK);
+        assert!(
+            js.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/javascript")
+        );
+        assert!(js.text().await.unwrap().len() > 1000, "{script} is empty");
+    }
+    s.stop().await;
+}
+
+#[sqlx::test]
 async fn unknown_routes_and_methods_get_the_envelope(pool: PgPool) {
     let s = TestServer::start(pool).await;
     error(

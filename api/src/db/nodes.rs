@@ -4,114 +4,108 @@ use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
 use crate::domain::{
+    coordinates::Vec3,
     lineage::{self, LineageContext},
     mutation::MutationFilter,
     node::{AnalysisStatus, Node},
 };
 
-/// The parent of a node being created, as creation needs it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Parent {
-    /// Its id.
-    pub id: i64,
-    /// The root of its tree.
-    pub root_id: i64,
-    /// Its position.
-    pub x: f64,
-    /// Its position.
-    pub y: f64,
-    /// Its position.
-    pub z: f64,
-    /// Its topic, once analysed.
-    pub topic: Option<String>,
-    /// Where it is in the pipeline.
-    pub analysis_status: AnalysisStatus,
-}
-
-/// The parent with this id, locked against nothing: parents are never deleted or moved.
-pub async fn parent(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Parent>, sqlx::Error> {
-    let row = sqlx::query!(
-        "SELECT id, root_id, x, y, z, topic, analysis_status FROM nodes WHERE id = $1",
-        id
-    )
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(|r| Parent {
-        id: r.id,
-        root_id: r.root_id,
-        x: r.x,
-        y: r.y,
-        z: r.z,
-        topic: r.topic,
-        analysis_status: status(&r.analysis_status),
-    }))
-}
-
-/// A node to insert as `PENDING`.
+/// A node to create as `PENDING`.
 #[derive(Debug, Clone)]
 pub struct NewNode<'a> {
     /// Its text.
     pub content: &'a str,
     /// Its author.
     pub author_id: i64,
-    /// The parent and its root, or none for a new root.
-    pub parent: Option<(i64, i64)>,
-    /// Its position, already rounded.
-    pub x: f64,
-    /// Its position, already rounded.
-    pub y: f64,
-    /// Its position, already rounded.
-    pub z: f64,
+    /// The node it answers; none for a new root.
+    pub parent_id: Option<i64>,
+    /// Where it goes relative to its parent, or (a root) relative to the origin. The stored
+    /// position is rounded to two decimals.
+    pub offset: Vec3,
 }
 
-/// What the insert returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Inserted {
+/// A created node and what the analysis hand-off needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
     /// The new id.
     pub id: i64,
     /// The root of its tree (its own id for a root).
     pub root_id: i64,
+    /// Its stored (rounded) position.
+    pub position: Vec3,
     /// When it was stored.
     pub created_at: DateTime<Utc>,
+    /// The parent's topic and status at creation; none for a root.
+    pub parent: Option<(Option<String>, AnalysisStatus)>,
+    /// The lineage window.
+    pub context: LineageContext,
 }
 
-/// Inserts a node as `PENDING`. A root is its own root, `ORIGIN` with score 0.0.
-pub async fn insert(db: impl PgExecutor<'_>, node: &NewNode<'_>) -> Result<Inserted, sqlx::Error> {
-    let (parent_id, root_id) = node.parent.unzip();
-    let (filter, score) = if node.parent.is_none() {
-        (
-            Some(MutationFilter::Origin.as_str()),
-            Some(crate::domain::mutation::ROOT_SCORE),
-        )
-    } else {
-        (None, None)
-    };
+/// Creates a node as `PENDING` in one statement (so in one transaction): reads the parent, walks
+/// the lineage with one recursive CTE, inserts the node (root id, rounded position; a root is
+/// `ORIGIN` with score 0.0). `None` when the parent does not exist.
+pub async fn create(
+    db: impl PgExecutor<'_>,
+    node: &NewNode<'_>,
+) -> Result<Option<Created>, sqlx::Error> {
     let row = sqlx::query!(
-        r#"WITH new_id AS (SELECT nextval(pg_get_serial_sequence('nodes', 'id')) AS id)
-        INSERT INTO nodes (id, content, author_id, parent_id, root_id, x, y, z, mutation_filter, mutation_score)
-        SELECT new_id.id, $1, $2, $3, COALESCE($4, new_id.id), $5, $6, $7, $8, $9 FROM new_id
-        RETURNING id, root_id, created_at"#,
+        r#"WITH RECURSIVE
+        parent AS (
+            SELECT id, root_id, x, y, z, topic, analysis_status FROM nodes WHERE id = $3
+        ),
+        walk AS (
+            SELECT n.id, n.parent_id, n.content, n.topic, 1 AS depth, $7::bigint AS acc_before
+            FROM nodes n WHERE n.id = $3
+          UNION ALL
+            SELECT p.id, p.parent_id, p.content, p.topic, w.depth + 1,
+                   w.acc_before + char_length(w.content)
+            FROM walk w JOIN nodes p ON p.id = w.parent_id
+            WHERE w.acc_before < $8
+        ),
+        new_node AS (SELECT nextval(pg_get_serial_sequence('nodes', 'id')) AS id),
+        ins AS (
+            INSERT INTO nodes (id, content, author_id, parent_id, root_id, x, y, z,
+                               mutation_filter, mutation_score)
+            SELECT new_node.id, $1, $2, parent.id, COALESCE(parent.root_id, new_node.id),
+                   round((COALESCE(parent.x, 0) + $4::float8)::numeric, 2)::float8,
+                   round((COALESCE(parent.y, 0) + $5::float8)::numeric, 2)::float8,
+                   round((COALESCE(parent.z, 0) + $6::float8)::numeric, 2)::float8,
+                   CASE WHEN parent.id IS NULL THEN 'ORIGIN' END,
+                   CASE WHEN parent.id IS NULL THEN 0.0::float8 END
+            FROM new_node LEFT JOIN parent ON true
+            WHERE $3::bigint IS NULL OR parent.id IS NOT NULL
+            RETURNING id, root_id, x, y, z, created_at
+        )
+        SELECT ins.id AS "id!", ins.root_id AS "root_id!", ins.x AS "x!", ins.y AS "y!", ins.z AS "z!",
+               ins.created_at AS "created_at!",
+               parent.topic AS "parent_topic?", parent.analysis_status AS "parent_status?",
+               COALESCE((SELECT array_agg(content ORDER BY depth DESC) FROM walk
+                         WHERE acc_before < $8), '{}') AS "window!",
+               (SELECT topic FROM walk WHERE acc_before >= $8) AS baseline_topic
+        FROM ins LEFT JOIN parent ON true"#,
         node.content,
         node.author_id,
-        parent_id,
-        root_id,
-        node.x,
-        node.y,
-        node.z,
-        filter,
-        score,
+        node.parent_id,
+        node.offset.x,
+        node.offset.y,
+        node.offset.z,
+        lineage::char_len(node.content),
+        lineage::WINDOW_CHARS,
     )
-    .fetch_one(db)
+    .fetch_optional(db)
     .await?;
-    Ok(Inserted {
-        id: row.id,
-        root_id: row.root_id,
-        created_at: row.created_at,
-    })
+    Ok(row.map(|r| Created {
+        id: r.id,
+        root_id: r.root_id,
+        position: Vec3::new(r.x, r.y, r.z),
+        created_at: r.created_at,
+        parent: r.parent_status.map(|s| (r.parent_topic, status(&s))),
+        context: lineage::assemble(node.content, &r.window, r.baseline_topic),
+    }))
 }
 
-/// The lineage window of a node whose text is `own` and whose parent is `parent_id` (none for a
-/// root): one recursive CTE walks from the parent towards the root while fewer than 500
+/// The lineage window of a stored node whose text is `own` and whose parent is `parent_id` (none
+/// for a root), for recovery (creation computes it in [`create`]): one recursive CTE walks from the parent towards the root while fewer than 500
 /// characters were walked, and also returns the topic just before the window.
 pub async fn lineage(
     db: impl PgExecutor<'_>,
@@ -272,81 +266,94 @@ mod tests {
         author_id: i64,
         content: &str,
         parent: Option<i64>,
-        at: (f64, f64, f64),
-    ) -> Inserted {
-        let parent = match parent {
-            Some(id) => {
-                let p = super::parent(pool, id).await.unwrap().unwrap();
-                Some((p.id, p.root_id))
-            }
-            None => None,
-        };
-        insert(
+        offset: (f64, f64, f64),
+    ) -> Created {
+        create(
             pool,
             &NewNode {
                 content,
                 author_id,
-                parent,
-                x: at.0,
-                y: at.1,
-                z: at.2,
+                parent_id: parent,
+                offset: Vec3::new(offset.0, offset.1, offset.2),
             },
         )
         .await
         .unwrap()
+        .expect("parent exists")
     }
 
     #[sqlx::test]
-    async fn insert_root_and_child(pool: PgPool) {
+    async fn create_root_and_children(pool: PgPool) {
         let a = author(&pool).await;
-        let root = add(&pool, a, "root", None, (1.0, 2.0, 3.0)).await;
+        let root = add(&pool, a, "root", None, (1.004, 2.0, -3.006)).await;
         assert_eq!(root.root_id, root.id);
-        let child = add(&pool, a, "child", Some(root.id), (4.0, 5.0, 6.0)).await;
+        assert_eq!(
+            root.position,
+            Vec3::new(1.0, 2.0, -3.01),
+            "absolute and rounded"
+        );
+        assert_eq!(root.parent, None);
+        assert_eq!(root.context, lineage::window("root", &[]));
+
+        let child = add(&pool, a, "child", Some(root.id), (10.0, -0.123, 0.0)).await;
         assert_eq!(child.root_id, root.id);
+        assert_eq!(
+            child.position,
+            Vec3::new(11.0, 1.88, -3.01),
+            "relative to the parent"
+        );
+        assert_eq!(child.parent, Some((None, AnalysisStatus::Pending)));
+        assert_eq!(child.context.full_context, "root\nchild");
+
+        sqlx::query!(
+            "UPDATE nodes SET topic = 'done', analysis_status = 'COMPLETED' WHERE id = $1",
+            child.id
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
         let grandchild = add(&pool, a, "grandchild", Some(child.id), (0.0, 0.0, 0.0)).await;
         assert_eq!(grandchild.root_id, root.id);
+        assert_eq!(
+            grandchild.parent,
+            Some((Some("done".to_owned()), AnalysisStatus::Completed))
+        );
 
         let found = find(&pool, root.id).await.unwrap().unwrap();
         assert_eq!(found.analysis_status, AnalysisStatus::Pending);
         assert_eq!(found.mutation_filter, Some(MutationFilter::Origin));
         assert_eq!(found.mutation_score, Some(0.0));
         assert_eq!(found.author_nickname, "테스트_작가_0001");
+        assert_eq!(found.created_at, root.created_at);
         let found = find(&pool, child.id).await.unwrap().unwrap();
         assert_eq!(
             (found.parent_id, found.mutation_filter, found.mutation_score),
             (Some(root.id), None, None)
         );
-        assert_eq!((found.x, found.y, found.z), (4.0, 5.0, 6.0));
+        assert_eq!((found.x, found.y, found.z), (11.0, 1.88, -3.01));
         assert_eq!(find(&pool, 999_999).await.unwrap(), None);
-
-        let p = parent(&pool, child.id).await.unwrap().unwrap();
-        assert_eq!(
-            (p.root_id, p.topic, p.analysis_status),
-            (root.id, None, AnalysisStatus::Pending)
-        );
-        assert_eq!(parent(&pool, 999_999).await.unwrap(), None);
     }
 
     #[sqlx::test]
-    async fn insert_with_missing_parent_violates_the_foreign_key(pool: PgPool) {
+    async fn create_under_a_missing_parent_stores_nothing(pool: PgPool) {
         let a = author(&pool).await;
-        let err = insert(
+        let created = create(
             &pool,
             &NewNode {
                 content: "x",
                 author_id: a,
-                parent: Some((424_242, 424_242)),
-                x: 0.0,
-                y: 0.0,
-                z: 0.0,
+                parent_id: Some(424_242),
+                offset: Vec3::ORIGIN,
             },
         )
         .await
-        .unwrap_err();
-        assert!(
-            err.as_database_error()
-                .is_some_and(|e| e.is_foreign_key_violation())
-        );
+        .unwrap();
+        assert_eq!(created, None);
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM nodes")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(count, 0);
     }
 
     /// The CTE against the plain rule, on random chains with random lengths and topics.
@@ -383,6 +390,8 @@ mod tests {
             let parent_id = chain.last().map(|(id, _)| *id);
             let got = lineage(&pool, &own, parent_id).await.unwrap();
             assert_eq!(got, expected, "depth {depth}, own {} chars", own.len());
+            let created = add(&pool, a, &own, parent_id, (0.0, 0.0, 0.0)).await;
+            assert_eq!(created.context, expected, "create's CTE, depth {depth}");
         }
         // A root has only itself.
         let got = lineage(&pool, "alone", None).await.unwrap();

@@ -76,11 +76,18 @@ pub fn place_root(x: Option<f64>, y: Option<f64>, z: Option<f64>) -> Vec3 {
 /// Where a new child of `parent` goes: 15 units away, within 85 degrees of `gaze` (biased towards
 /// the rim) when a usable gaze direction is given, else uniformly on the sphere.
 pub fn place_child(parent: Vec3, gaze: Option<Vec3>, rng: &mut impl Rng) -> Vec3 {
+    parent.add(child_offset(gaze, rng)).rounded()
+}
+
+/// The step from a parent to a new child, before rounding: 15 units, within 85 degrees of `gaze`
+/// (biased towards the rim) when a usable gaze direction is given, else uniformly on the sphere.
+/// The database adds it to the parent's position and rounds (see `db::nodes::create`).
+pub fn child_offset(gaze: Option<Vec3>, rng: &mut impl Rng) -> Vec3 {
     let direction = match gaze.and_then(Vec3::normalized) {
         Some(axis) => direction_near(axis, rng),
         None => uniform_direction(rng),
     };
-    parent.add(direction.scale(CHILD_DISTANCE)).rounded()
+    direction.scale(CHILD_DISTANCE)
 }
 
 /// A unit vector at angle `85° * u^0.6` from `axis`, turned uniformly around it.

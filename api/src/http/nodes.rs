@@ -77,8 +77,8 @@ impl CreateNode {
     }
 }
 
-/// Creates a node as `PENDING` in one transaction; after the commit, broadcasts it and hands it to
-/// the analysis pipeline. Never waits for the analysis.
+/// Creates a node as `PENDING` in one statement (one transaction); after the commit, broadcasts it
+/// and hands it to the analysis pipeline. Never waits for the analysis.
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -87,53 +87,44 @@ pub async fn create(
     state.write_limiter.check(user.id)?;
     body.validate()?;
 
-    let mut tx = state.db.begin().await?;
-    let parent = match body.parent_id {
-        Some(id) => Some(
-            nodes::parent(&mut *tx, id)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("parent node {id} not found")))?,
-        ),
-        None => None,
-    };
-    let position = match &parent {
-        Some(p) => {
-            coordinates::place_child(Vec3::new(p.x, p.y, p.z), body.gaze(), &mut rand::rng())
-        }
+    let offset = match body.parent_id {
+        Some(_) => coordinates::child_offset(body.gaze(), &mut rand::rng()),
         None => coordinates::place_root(body.x, body.y, body.z),
     };
-    let inserted = nodes::insert(
-        &mut *tx,
+    let created = nodes::create(
+        &state.db,
         &NewNode {
             content: &body.content,
             author_id: user.id,
-            parent: parent.as_ref().map(|p| (p.id, p.root_id)),
-            x: position.x,
-            y: position.y,
-            z: position.z,
+            parent_id: body.parent_id,
+            offset,
         },
     )
-    .await?;
-    let context = nodes::lineage(&mut *tx, &body.content, body.parent_id).await?;
-    tx.commit().await?;
+    .await?
+    .ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "parent node {} not found",
+            body.parent_id.unwrap_or_default()
+        ))
+    })?;
     metrics::counter!("mutr_nodes_created_total").increment(1);
 
-    let is_root = parent.is_none();
+    let is_root = body.parent_id.is_none();
     let node = Node {
-        id: inserted.id,
+        id: created.id,
         content: body.content,
         author_nickname: user.nickname,
         topic: None,
         emotion: "neutral".to_owned(),
         mutation_filter: is_root.then_some(MutationFilter::Origin),
         mutation_score: is_root.then_some(ROOT_SCORE),
-        x: position.x,
-        y: position.y,
-        z: position.z,
+        x: created.position.x,
+        y: created.position.y,
+        z: created.position.z,
         parent_id: body.parent_id,
-        root_id: inserted.root_id,
-        crated_at: inserted.created_at,
-        created_at: inserted.created_at,
+        root_id: created.root_id,
+        crated_at: created.created_at,
+        created_at: created.created_at,
         analysis_status: AnalysisStatus::Pending,
     };
     tracing::info!(node_id = node.id, parent_id = ?node.parent_id, user_id = user.id, "node created");
@@ -144,15 +135,16 @@ pub async fn create(
             tracing::error!(node_id = node.id, error = %e, "node not serialisable for broadcast")
         }
     }
-    let parent_topic_hint = parent
-        .filter(|p| p.analysis_status == AnalysisStatus::Completed)
-        .and_then(|p| p.topic);
+    let parent_topic_hint = created
+        .parent
+        .filter(|(_, status)| *status == AnalysisStatus::Completed)
+        .and_then(|(topic, _)| topic);
     state.handoff.submit(AnalysisRequested {
         node_id: node.id,
         parent_id: node.parent_id,
         parent_topic_hint,
-        baseline_topic: context.baseline_topic,
-        full_context: context.full_context,
+        baseline_topic: created.context.baseline_topic,
+        full_context: created.context.full_context,
     });
     Ok(ApiOk(node))
 }
