@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Event, Hub};
 use super::metrics as m;
-use super::stomp::{DecodeError, Decoder, Frame, Version};
+use super::stomp::{self, DecodeError, Decoder, Frame, Version};
 
 /// The limits and timings of a session.
 #[derive(Debug, Clone)]
@@ -171,11 +171,22 @@ where
     let started = Instant::now();
     let mut last_read = started;
     let mut last_write = started;
+    // Created once: a fresh cancellation or timer future per event would lock the token tree and
+    // touch the timer wheel for every delivery of every session.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let mut deadline = state.next_deadline(started, last_read, last_write);
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     loop {
-        let deadline = state.next_deadline(started, last_read, last_write);
+        let next = state.next_deadline(started, last_read, last_write);
+        if next != deadline {
+            deadline = next;
+            timer.as_mut().reset(deadline);
+        }
         let flow = tokio::select! {
             biased;
-            () = shutdown.cancelled() => Flow::Close(CloseReason::Shutdown),
+            () = &mut cancelled => Flow::Close(CloseReason::Shutdown),
             data = incoming.next() => match data {
                 None => Flow::Close(CloseReason::TransportClosed),
                 Some(data) => {
@@ -191,7 +202,7 @@ where
                 }
                 Err(broadcast::error::RecvError::Closed) => Flow::Close(CloseReason::Shutdown),
             },
-            () = tokio::time::sleep_until(deadline) => {
+            () = &mut timer => {
                 state.on_timer(started, last_read, &mut outgoing, &mut last_write).await
             }
         };
@@ -199,6 +210,47 @@ where
             return reason;
         }
     }
+}
+
+/// Sends `item`, failing with `SendError::Timeout` when the sink is not ready or does not flush
+/// within `timeout`. A sink that is ready at once costs no timer.
+pub async fn send_within<O, T>(out: &mut O, item: T, timeout: Duration) -> Result<(), SendError>
+where
+    O: Sink<T> + Unpin,
+{
+    within(
+        futures::future::poll_fn(|cx| out.poll_ready_unpin(cx)),
+        timeout,
+    )
+    .await?;
+    out.start_send_unpin(item).map_err(|_| SendError::Closed)?;
+    within(
+        futures::future::poll_fn(|cx| out.poll_flush_unpin(cx)),
+        timeout,
+    )
+    .await
+}
+
+/// Runs one step of a write within `timeout`, arming a timer only when it does not complete at
+/// once.
+pub(crate) async fn within<F, E>(mut fut: F, timeout: Duration) -> Result<(), SendError>
+where
+    F: Future<Output = Result<(), E>> + Unpin,
+{
+    let result = match (&mut fut).now_or_never() {
+        Some(r) => r,
+        None => tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| SendError::Timeout)?,
+    };
+    result.map_err(|_| SendError::Closed)
+}
+
+/// Why [`send_within`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    Closed,
+    Timeout,
 }
 
 async fn recv_event(
@@ -262,13 +314,13 @@ impl State<'_> {
         text: String,
         last_write: &mut Instant,
     ) -> Flow {
-        match tokio::time::timeout(self.config.send_timeout, out.send(text)).await {
-            Ok(Ok(())) => {
+        match send_within(out, text, self.config.send_timeout).await {
+            Ok(()) => {
                 *last_write = Instant::now();
                 Flow::Continue
             }
-            Ok(Err(_)) => Flow::Close(CloseReason::TransportClosed),
-            Err(_) => Flow::Close(CloseReason::SendTimeout),
+            Err(SendError::Closed) => Flow::Close(CloseReason::TransportClosed),
+            Err(SendError::Timeout) => Flow::Close(CloseReason::SendTimeout),
         }
     }
 
@@ -563,22 +615,24 @@ impl State<'_> {
                 continue;
             }
             self.next_message_id += 1;
-            let frame = Frame::new("MESSAGE")
-                .header("destination", &event.destination)
-                .header("content-type", "application/json")
-                .header("subscription", id)
-                .header(
-                    "message-id",
-                    format!("{}-{}", self.session_id, self.next_message_id),
-                )
-                .body(event.body.clone());
-            texts.push(frame.encode(version));
+            let message_id = format!("{}-{}", self.session_id, self.next_message_id);
+            texts.push(stomp::encode_message(
+                version,
+                &event.destination,
+                id,
+                &message_id,
+                "application/json",
+                &event.body,
+            ));
         }
+        let count = texts.len() as u64;
         for text in texts {
             if let Flow::Close(r) = self.write(out, text, last_write).await {
                 return Flow::Close(r);
             }
-            metrics::counter!(m::EVENTS_DELIVERED).increment(1);
+        }
+        if count > 0 {
+            metrics::counter!(m::EVENTS_DELIVERED).increment(count);
         }
         Flow::Continue
     }

@@ -8,12 +8,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::future::poll_fn;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 
 use super::Realtime;
-use super::session::CloseReason;
+use super::session::{CloseReason, within};
 use super::sockjs::{self, Close};
 
 /// Frames the session's output may queue ahead of the socket writer.
@@ -127,12 +128,26 @@ async fn run_socket(rt: Realtime, socket: WebSocket, framing: Framing) {
 
 type WsSink = futures::stream::SplitSink<WebSocket, Message>;
 
-/// Writes one text message; false when it fails or takes longer than `timeout`.
+/// Writes text messages and flushes once; false when a step fails or takes longer than
+/// `timeout`.
+async fn send_batch(
+    ws_tx: &mut WsSink,
+    texts: impl IntoIterator<Item = String>,
+    timeout: std::time::Duration,
+) -> bool {
+    for text in texts {
+        let ready = within(poll_fn(|cx| ws_tx.poll_ready_unpin(cx)), timeout).await;
+        if ready.is_err() || ws_tx.start_send_unpin(Message::Text(text.into())).is_err() {
+            return false;
+        }
+    }
+    within(poll_fn(|cx| ws_tx.poll_flush_unpin(cx)), timeout)
+        .await
+        .is_ok()
+}
+
 async fn send_text(ws_tx: &mut WsSink, text: String, timeout: std::time::Duration) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, ws_tx.send(Message::Text(text.into()))).await,
-        Ok(Ok(()))
-    )
+    send_batch(ws_tx, [text], timeout).await
 }
 
 /// Writes the session's output to the socket (with SockJS framing and heart-beats when asked),
@@ -157,18 +172,22 @@ async fn write_loop(
         let ok = tokio::select! {
             msg = out_rx.recv() => match msg {
                 None => break,
-                Some(first) => match framing {
-                    Framing::Raw => send_text(&mut ws_tx, first, send_timeout).await,
-                    Framing::SockJs => {
-                        let mut batch = vec![first];
-                        while batch.len() < WRITE_QUEUE
-                            && let Ok(more) = out_rx.try_recv()
-                        {
-                            batch.push(more);
-                        }
-                        send_text(&mut ws_tx, sockjs::message_frame(&batch), send_timeout).await
+                Some(first) => {
+                    // Whatever else is queued goes in the same flush (SockJS: the same frame).
+                    let mut batch = vec![first];
+                    while batch.len() < WRITE_QUEUE
+                        && let Ok(more) = out_rx.try_recv()
+                    {
+                        batch.push(more);
                     }
-                },
+                    match framing {
+                        Framing::Raw => send_batch(&mut ws_tx, batch, send_timeout).await,
+                        Framing::SockJs => {
+                            send_text(&mut ws_tx, sockjs::message_frame(&batch), send_timeout)
+                                .await
+                        }
+                    }
+                }
             },
             _ = heartbeat.tick(), if framing == Framing::SockJs => {
                 send_text(&mut ws_tx, sockjs::HEARTBEAT.to_owned(), send_timeout).await
@@ -178,7 +197,9 @@ async fn write_loop(
             // The session notices through its own failed writes or the closed read side.
             return;
         }
-        heartbeat.reset();
+        if framing == Framing::SockJs {
+            heartbeat.reset();
+        }
     }
     let reason = reason_rx.await.unwrap_or(CloseReason::TransportClosed);
     let (code, text): (u16, &'static str) = match reason {

@@ -13,7 +13,7 @@ use mutr_api::realtime::stomp::{Decoder, Frame};
 use mutr_api::realtime::{Realtime, RealtimeArgs};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 /// How long any wait in these tests may take before it fails.
@@ -174,6 +174,16 @@ pub struct WsClient {
 
 impl WsClient {
     pub async fn open(server: &Server, transport: Transport) -> WsClient {
+        WsClient::open_with(server, transport, None).await
+    }
+
+    /// Opens a client whose socket receive buffer is `recv_buffer` bytes, so that a client that
+    /// stops reading fills it quickly whatever the kernel's autotuning allows.
+    pub async fn open_with(
+        server: &Server,
+        transport: Transport,
+        recv_buffer: Option<u32>,
+    ) -> WsClient {
         let url = match transport {
             Transport::RawWebSocket => server.ws("/ws-mutr/websocket"),
             Transport::SockJsWebSocket => server.ws(&format!(
@@ -182,7 +192,14 @@ impl WsClient {
                 uuid::Uuid::new_v4().simple()
             )),
         };
-        let (ws, _) = connect_async(url).await.expect("WebSocket upgrade");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+        }
+        let stream = socket.connect(server.addr).await.expect("TCP connect");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("WebSocket upgrade");
         let mut client = WsClient {
             ws,
             transport,
@@ -198,7 +215,15 @@ impl WsClient {
 
     /// Opens and completes CONNECT.
     pub async fn connected(server: &Server, transport: Transport) -> WsClient {
-        let mut c = WsClient::open(server, transport).await;
+        WsClient::connected_with(server, transport, None).await
+    }
+
+    pub async fn connected_with(
+        server: &Server,
+        transport: Transport,
+        recv_buffer: Option<u32>,
+    ) -> WsClient {
+        let mut c = WsClient::open_with(server, transport, recv_buffer).await;
         c.send("CONNECT\naccept-version:1.2,1.1,1.0\nheart-beat:0,0\n\n\0")
             .await;
         let f = c.frame().await;
