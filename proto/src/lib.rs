@@ -13,7 +13,8 @@ pub use mutr::analysis_service_server::{AnalysisService, AnalysisServiceServer};
 pub use mutr::{AnalysisRequest, AnalysisResponse};
 
 /// Encoded `FileDescriptorSet` of `mutr.proto`, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mutr_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/mutr_descriptor.bin"));
 
 /// Fully qualified gRPC service name, as used by `grpc.health.v1` and reflection.
 pub const ANALYSIS_SERVICE_NAME: &str = "mutr.AnalysisService";

@@ -57,8 +57,15 @@ fn empty_messages_encode_to_nothing() {
 fn descriptor_set_describes_the_service() {
     // Reflection serves this set; it must name the service existing clients call.
     let fds = prost_types::FileDescriptorSet::decode(mutr_proto::FILE_DESCRIPTOR_SET).unwrap();
-    let file = fds.file.iter().find(|f| f.package() == "mutr").expect("package mutr");
+    let file = fds
+        .file
+        .iter()
+        .find(|f| f.package() == "mutr")
+        .expect("package mutr");
     let service = &file.service[0];
-    assert_eq!(format!("{}.{}", file.package(), service.name()), mutr_proto::ANALYSIS_SERVICE_NAME);
+    assert_eq!(
+        format!("{}.{}", file.package(), service.name()),
+        mutr_proto::ANALYSIS_SERVICE_NAME
+    );
     assert_eq!(service.method[0].name(), "AnalyzeNode");
 }
