@@ -18,8 +18,12 @@ galaxy="${MUTR_BENCH_GALAXY:-1000000}"
 write_users=100
 mixed_users=200
 
-cargo build -q --release -p mutr-api --bin mutr-api --bench load
+cargo build -q --release -p mutr-api --bin mutr-api
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/mutr-api"
+# The bench binary itself, built with the same release profile (no second build by `cargo bench`).
+LOAD="$(cargo build -q --release -p mutr-api --bench load --message-format=json 2>/dev/null \
+    | sed -n 's/.*"name":"load".*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
+[ -x "$LOAD" ] || die "could not build the load bench"
 
 db="mutr_bench_$$"
 url_base="${DATABASE_URL%%\?*}"
@@ -73,7 +77,7 @@ wait_for 60 curl -fsS "http://127.0.0.1:$port/readyz" \
     || { tail -n 40 "$workdir/api.log" >&2; die "mutr-api did not become ready"; }
 
 log "load: write-heavy, mixed, then /viz at $galaxy nodes"
-DATABASE_URL="$db_url" cargo bench -q -p mutr-api --bench load -- \
+DATABASE_URL="$db_url" "$LOAD" \
     --url "http://127.0.0.1:$port" --duration "$duration" \
     --write-users "$write_users" --mixed-users "$mixed_users" --galaxy-nodes "$galaxy" \
     --pgbench-tps "$tps" --pgbench-latency-ms "${lat:-0}"
