@@ -420,3 +420,22 @@ async fn redis_down_at_start_still_delivers_locally() {
     assert_eq!(std::str::from_utf8(&c.frame().await.body).unwrap(), NODE);
     server.stop().await;
 }
+
+/// An xhr session whose client stops polling is closed after the disconnect delay, and a late
+/// request gets the close frame.
+#[tokio::test]
+async fn abandoned_xhr_session_is_closed() {
+    let mut a = args();
+    a.sockjs_disconnect_delay = Duration::from_millis(300);
+    a.sockjs_heartbeat = Duration::from_millis(50);
+    let server = Server::start(a, None).await;
+    let mut c = XhrClient::open(&server).await;
+    c.send("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+        .await;
+    assert_eq!(c.frame().await.command, "CONNECTED");
+    server.wait_sessions(1).await;
+    // No more polls: the session ends once the delay has passed without a receiving request.
+    server.wait_sessions(0).await;
+    assert_eq!(c.next().await, Seen::Closed(Some(3000)));
+    server.stop().await;
+}
