@@ -60,7 +60,7 @@ INSERT INTO bench_nodes (content, author_id, parent_id, root_id, x, y, z)
 VALUES ('오늘 하늘 구름 바다 기억 마음 바람 여행 커피 음악 친구 산책', 1, 1, 1, :x, :y, :z);
 SQL
 secs="$(( $(sed -E 's/s$//' <<<"$duration") ))"
-pgbench -n -q -c "$pg_clients" -j 2 -T "$secs" -f "$workdir/insert.sql" "$db_url" >"$workdir/pgbench.log" 2>&1 \
+pgbench -n -c "$pg_clients" -j 2 -T "$secs" -f "$workdir/insert.sql" "$db_url" >"$workdir/pgbench.log" 2>&1 \
     || { cat "$workdir/pgbench.log" >&2; die "pgbench failed"; }
 tps="$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$workdir/pgbench.log" | tail -n1)"
 lat="$(sed -nE 's/^latency average = ([0-9.]+) ms.*/\1/p' "$workdir/pgbench.log" | tail -n1)"
