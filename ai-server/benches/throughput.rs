@@ -18,6 +18,8 @@ use mutr_proto::{AnalysisRequest, AnalysisServiceClient};
 use tokio::net::TcpListener;
 
 const LEVELS: [usize; 4] = [1, 4, 8, 16];
+/// Turns per level and server; each turn sends `requests / ROUNDS` requests.
+const ROUNDS: usize = 3;
 
 struct Run {
     rps: f64,
@@ -83,12 +85,13 @@ fn model_files() -> (PathBuf, PathBuf) {
     (r.generate, r.embed)
 }
 
-async fn measure(
-    parallel: u32,
-    models: &(LoadedModel, LoadedModel),
-    per_level: usize,
-    threads: i32,
-) -> Vec<Run> {
+struct Server {
+    client: AnalysisServiceClient<tonic::transport::Channel>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
+}
+
+async fn start(parallel: u32, models: &(LoadedModel, LoadedModel), threads: i32) -> Server {
     let config = ServerConfig {
         models: ModelSource::Loaded {
             generate: models.0.clone(),
@@ -137,8 +140,7 @@ async fn measure(
     let client = AnalysisServiceClient::connect(format!("http://{grpc_addr}"))
         .await
         .unwrap();
-
-    // Warm-up: one request per client slot.
+    // Warm-up: fills the shared prompt starts and the allocator.
     for r in requests(8) {
         client
             .clone()
@@ -146,44 +148,50 @@ async fn measure(
             .await
             .expect("warm-up request");
     }
-    let mut runs = Vec::new();
-    for &clients in &LEVELS {
-        let work = std::sync::Arc::new(tokio::sync::Mutex::new(requests(per_level)));
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..clients {
-            let (mut c, work) = (client.clone(), work.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                loop {
-                    let Some(req) = work.lock().await.pop() else {
-                        break;
-                    };
-                    let t = Instant::now();
-                    c.analyze_node(req).await.expect("request");
-                    latencies.push(t.elapsed());
-                }
-                latencies
-            }));
-        }
-        let mut latencies = Vec::new();
-        for t in tasks {
-            latencies.extend(t.await.unwrap());
-        }
-        let elapsed = started.elapsed();
-        latencies.sort();
-        let pct = |p: f64| {
-            latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
-        };
-        runs.push(Run {
-            rps: per_level as f64 / elapsed.as_secs_f64(),
-            p50: pct(0.50),
-            p95: pct(0.95),
-        });
+    Server { client, stop, task }
+}
+
+/// `n` requests through `clients` concurrent clients: elapsed time and each latency.
+async fn run_level(
+    client: &AnalysisServiceClient<tonic::transport::Channel>,
+    clients: usize,
+    n: usize,
+) -> (Duration, Vec<Duration>) {
+    let work = std::sync::Arc::new(tokio::sync::Mutex::new(requests(n)));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (mut c, work) = (client.clone(), work.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let Some(req) = work.lock().await.pop() else {
+                    break;
+                };
+                let t = Instant::now();
+                c.analyze_node(req).await.expect("request");
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
     }
-    let _ = stop.send(());
-    task.await.unwrap().expect("clean stop");
-    runs
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    (started.elapsed(), latencies)
+}
+
+fn summarise(n: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Run {
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    Run {
+        rps: n as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p95: pct(0.95),
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -200,7 +208,8 @@ fn main() {
     let per_level: usize = std::env::var("MUTR_BENCH_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(48);
+        .unwrap_or(48)
+        .max(ROUNDS);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as i32);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -217,8 +226,29 @@ fn main() {
         })
         .await
         .unwrap();
-        let base = measure(1, &loaded, per_level, threads).await;
-        let batched = measure(8, &loaded, per_level, threads).await;
+        // Both servers run side by side and are measured in turns, round after round, so that
+        // load from elsewhere on the machine falls on both alike.
+        let servers = [start(1, &loaded, threads).await, start(8, &loaded, threads).await];
+        let mut base = Vec::new();
+        let mut batched = Vec::new();
+        for &clients in &LEVELS {
+            let mut totals = [(Duration::ZERO, Vec::new()), (Duration::ZERO, Vec::new())];
+            for _ in 0..ROUNDS {
+                for (i, s) in servers.iter().enumerate() {
+                    let (elapsed, latencies) = run_level(&s.client, clients, per_level / ROUNDS).await;
+                    totals[i].0 += elapsed;
+                    totals[i].1.extend(latencies);
+                }
+            }
+            let n = (per_level / ROUNDS) * ROUNDS;
+            let [t1, t8] = totals;
+            base.push(summarise(n, t1.0, t1.1));
+            batched.push(summarise(n, t8.0, t8.1));
+        }
+        for s in servers {
+            let _ = s.stop.send(());
+            s.task.await.unwrap().expect("clean stop");
+        }
         println!();
         println!(
             "ai-server AnalyzeNode, models {} + {}, {per_level} requests per level, {threads} llama.cpp threads",
