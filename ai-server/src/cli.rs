@@ -91,6 +91,7 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = server_config(&args)?;
     // Checked before anything starts: llama.cpp would abort the process on these.
+    config.generate.validate()?;
     config.embed.validate()?;
     let grpc_addr = SocketAddr::new(args.host, args.port);
     let grpc = tokio::net::TcpListener::bind(grpc_addr)

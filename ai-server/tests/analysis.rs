@@ -353,18 +353,19 @@ async fn a_full_queue_is_refused_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_and_expired_requests_free_their_slot() {
-    // One slot and no queue; a slow prompt (tiny decode batches) keeps it busy.
+    // One slot and no queue; a long prompt decoded three tokens at a time keeps it busy for
+    // thousands of decode calls, even on a fast idle machine.
     let server = TestServer::start(Opts {
         parallel: 1,
         max_queue: 0,
-        n_batch: 4,
+        n_batch: 3,
         n_ctx: 2048,
         ..Opts::default()
     })
     .await;
     let client = server.client().await;
     let slow = request(
-        &"Tom and Lily played with the big red ball all day long. ".repeat(30),
+        &"Tom and Lily played with the big red ball all day long. ".repeat(70),
         "Play",
     );
 
@@ -400,7 +401,7 @@ async fn cancelled_and_expired_requests_free_their_slot() {
 
     // A deadline that passes mid-request: the server answers DEADLINE_EXCEEDED or CANCELLED and frees the slot.
     let mut req = tonic::Request::new(slow.clone());
-    req.set_timeout(Duration::from_millis(150));
+    req.set_timeout(Duration::from_millis(20));
     let err = client.clone().analyze_node(req).await.unwrap_err();
     assert!(
         matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
@@ -478,16 +479,17 @@ async fn a_redis_outage_never_fails_a_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_finishes_work_in_flight_and_refuses_new_work() {
+    // A long prompt decoded three tokens at a time: still in flight while the drain is checked.
     let mut server = TestServer::start(Opts {
         parallel: 1,
-        n_batch: 4,
+        n_batch: 3,
         n_ctx: 2048,
         ..Opts::default()
     })
     .await;
     let client = server.client().await;
     let slow = request(
-        &"Tom and Lily played with the big red ball all day long. ".repeat(30),
+        &"Tom and Lily played with the big red ball all day long. ".repeat(70),
         "Play",
     );
     let mut c = client.clone();

@@ -43,6 +43,32 @@ pub struct GenSettings {
 }
 
 impl GenSettings {
+    /// Checks what llama.cpp would otherwise abort on. The context holds two more sequences than
+    /// `parallel` (the shared prompt starts), llama.cpp allows 256 sequences, and it asserts
+    /// that a batch has room for one output per sequence (`n_batch >= sequences`).
+    pub fn validate(&self) -> Result<(), LoadError> {
+        if self.parallel == 0 || self.parallel > 254 {
+            return Err(LoadError::Settings(format!(
+                "parallel must be in 1..=254, not {}",
+                self.parallel
+            )));
+        }
+        if self.n_ctx < 64 {
+            return Err(LoadError::Settings(format!(
+                "n_ctx must be at least 64, not {}",
+                self.n_ctx
+            )));
+        }
+        if self.n_batch < self.parallel + 2 {
+            return Err(LoadError::Settings(format!(
+                "n_batch ({}) must be at least parallel + 2 ({})",
+                self.n_batch,
+                self.parallel + 2
+            )));
+        }
+        Ok(())
+    }
+
     /// The settings that can change a result: a smaller context cuts prompts shorter.
     pub(super) fn cache_identity(&self) -> String {
         format!("n_ctx={}", self.n_ctx)
@@ -107,18 +133,7 @@ pub(super) fn spawn(
     model: Arc<LlamaModel>,
     settings: GenSettings,
 ) -> Result<(mpsc::UnboundedSender<GenJob>, JoinHandle<()>), LoadError> {
-    // Two more sequences hold the shared prompt starts; llama.cpp allows 256 in all.
-    if settings.parallel == 0 || settings.parallel > 254 {
-        return Err(LoadError::Settings(format!(
-            "parallel must be in 1..=254, not {}",
-            settings.parallel
-        )));
-    }
-    if settings.n_ctx < 64 || settings.n_batch < settings.parallel + 1 {
-        return Err(LoadError::Settings(
-            "n_ctx must be at least 64 and n_batch more than parallel".into(),
-        ));
-    }
+    settings.validate()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
