@@ -16,8 +16,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 log "tests: cargo nextest against the real PostgreSQL and Redis, and real models"
 if command -v cargo-nextest >/dev/null 2>&1; then
+    # nextest does not run doc tests; run them first so the test summary is the last word.
+    cargo test --workspace --doc --quiet
     cargo nextest run --workspace --no-fail-fast
-    cargo test --workspace --doc
 else
     cargo test --workspace --no-fail-fast
 fi
