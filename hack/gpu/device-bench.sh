@@ -1,0 +1,26 @@
+set -eu
+# Runs on a GPU machine that has CUDA (nvcc, cmake, ninja) but no Rust toolchain and no network.
+# Prepare next to it (see ai-server/README.md, "GPU"): the release `throughput` bench binary built here with
+# LLAMA_BUILD_SHARED_LIBS=1 (so llama.cpp is linked dynamically), the llama-cpp-sys-2 .crate (the
+# same llama.cpp source), and models/. It builds llama.cpp there with CUDA as shared libraries and runs
+# the bench against them: on the GPU (n_gpu_layers=999), then on that machine's CPU.
+cd "$(dirname "$0")"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+nvcc --version | tail -1; nproc
+tar xzf llama-cpp-sys-2-0.1.161.crate
+s=$(date +%s)
+cmake -S llama-cpp-sys-2-0.1.161/llama.cpp -B b -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+  -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_CUDA_FA=OFF -DGGML_CUDA_NCCL=OFF -DGGML_NATIVE=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
+  -DLLAMA_CURL=OFF >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
+cmake --build b -j16 >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+echo "llama.cpp CUDA build: $(( $(date +%s) - s )) s"
+export LD_LIBRARY_PATH=$(find "$PWD/b" -name '*.so*' -printf '%h\n' | sort -u | paste -sd:)
+ldd ./throughput | grep -E 'ggml|llama'
+export MUTR_MODEL_DIR=$PWD/models OMP_WAIT_POLICY=PASSIVE MUTR_BENCH_REQUESTS=48
+echo "== GPU: n_gpu_layers=999"
+RUST_LOG=info,mutr_ai_server=warn n_gpu_layers=999 timeout 120 ./throughput >"$OUT/gpu.out" 2>&1 || echo "gpu bench rc=$?"
+grep -E '^(\||ai-server)' "$OUT/gpu.out" || true
+grep -iE 'offloaded|CUDA0 model buffer|using device' "$OUT/gpu.out" | cut -c1-200 | head -6 || true
+echo "== CPU on the same machine: n_gpu_layers=0"
+n_gpu_layers=0 timeout 170 ./throughput 2>"$OUT/cpu.err" | tee "$OUT/bench-cpu.txt" || echo "cpu bench rc=$?"
