@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 set -eu
 # Runs on a GPU machine that has CUDA (nvcc, cmake, ninja) but no Rust toolchain and no network.
 # Prepare next to it (see ai-server/README.md, "GPU"): the release `throughput` bench binary built here with
