@@ -39,6 +39,16 @@ else
     "$BIN/mutr-ai-server" fetch-model --profile tiny
 fi
 
+# On a server this script found or started (not a DATABASE_URL the user gave), keep MUTR's tables in
+# a database of their own rather than in `postgres`.
+if [ "${MUTR_DATABASE_URL_GIVEN:-1}" = 0 ] && command -v psql >/dev/null 2>&1; then
+    if ! psql "$DATABASE_URL" -Atqc "SELECT 1 FROM pg_database WHERE datname = 'mutr'" | grep -q 1; then
+        log "creating the database mutr"
+        psql "$DATABASE_URL" -qc "CREATE DATABASE mutr" >/dev/null
+    fi
+    export DATABASE_URL="${DATABASE_URL%/*}/mutr"
+fi
+
 log "migrating the database"
 "$BIN/mutr-api" migrate
 

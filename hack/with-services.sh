@@ -98,7 +98,10 @@ start_redis() {
     export REDIS_URL="redis://127.0.0.1:$port"
 }
 
+# Tells hack/run.sh whether it may pick its own database on the server found or started here.
+export MUTR_DATABASE_URL_GIVEN=0
 if [ -n "${DATABASE_URL:-}" ]; then
+    MUTR_DATABASE_URL_GIVEN=1
     log "PostgreSQL: using DATABASE_URL from the environment"
 elif port_open 127.0.0.1 5432; then
     export DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
