@@ -3,10 +3,12 @@
 //! One llama context holds up to `parallel` sequences, each with its own KV cache stream
 //! (`kv_unified = false`, so a sequence's attention never sees another's cells and its greedy
 //! output does not depend on its neighbours). Each loop turn admits waiting jobs into free
-//! sequences, drops the ones that were cancelled or ran out of time, builds one batch holding the
-//! next token of every decoding sequence plus prompt chunks of the prefilling ones (up to
-//! `n_batch` tokens), decodes it once, and moves every sequence on from its logits. A sequence's
-//! KV cache is cleared the moment it ends, so the next job can start on the next turn.
+//! sequences, drops the ones that were cancelled or ran out of time, decodes each new sequence's
+//! own prompt chunk alone (llama.cpp's CPU kernels pick their algorithm by batch shape, so a
+//! prompt batched with others would round differently; see the README), then builds one batch
+//! holding exactly the next token of every decoding sequence, decodes it once, and moves every
+//! sequence on from its logits. A sequence's KV cache is cleared the moment it ends, so the next
+//! job can start on the next turn.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
