@@ -136,26 +136,9 @@ pub(super) fn spawn(
     settings: GenSettings,
 ) -> Result<(mpsc::UnboundedSender<GenJob>, JoinHandle<()>), LoadError> {
     settings.validate()?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = std::thread::Builder::new()
-        .name("mutr-generate".into())
-        .spawn(move || run(backend, &model, &settings, rx, ready_tx))
-        .map_err(|e| LoadError::Context {
-            worker: WORKER,
-            reason: e.to_string(),
-        })?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok((tx, handle)),
-        Ok(Err(e)) => {
-            drop(handle.join());
-            Err(e)
-        }
-        Err(_) => Err(LoadError::Context {
-            worker: WORKER,
-            reason: "worker died".into(),
-        }),
-    }
+    super::spawn_worker(WORKER, move |rx, ready| {
+        run(backend, &model, &settings, rx, ready)
+    })
 }
 
 fn run(

@@ -54,6 +54,37 @@ pub enum LoadError {
 static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
 
 /// The process's llama.cpp backend, started on first use. llama.cpp logs go to `tracing`.
+/// Starts a model worker on a thread of its own, named `mutr-<worker>`, and waits until `run` has
+/// reported whether its llama context exists. `run` receives the job channel and the readiness
+/// sender; on a failed start the thread is joined before the error is returned.
+fn spawn_worker<J: Send + 'static>(
+    worker: &'static str,
+    run: impl FnOnce(mpsc::UnboundedReceiver<J>, std::sync::mpsc::Sender<Result<(), LoadError>>)
+    + Send
+    + 'static,
+) -> Result<(mpsc::UnboundedSender<J>, std::thread::JoinHandle<()>), LoadError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name(format!("mutr-{worker}"))
+        .spawn(move || run(rx, ready_tx))
+        .map_err(|e| LoadError::Context {
+            worker,
+            reason: e.to_string(),
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok((tx, handle)),
+        Ok(Err(e)) => {
+            drop(handle.join());
+            Err(e)
+        }
+        Err(_) => Err(LoadError::Context {
+            worker,
+            reason: "worker died".into(),
+        }),
+    }
+}
+
 fn backend() -> Result<&'static LlamaBackend, LoadError> {
     if let Some(b) = BACKEND.get() {
         return Ok(b);
