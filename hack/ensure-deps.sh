@@ -16,7 +16,8 @@ missing=()
 has_libclang() {
     [ -n "${LIBCLANG_PATH:-}" ] && return 0
     local f
-    for f in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-*.so* \
+    # libclang-cpp.so (the C++ library some images carry) is not what bindgen loads.
+    for f in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
         /usr/lib/*-linux-gnu/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so*; do
         [ -e "$f" ] && return 0
     done
