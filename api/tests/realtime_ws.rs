@@ -184,6 +184,19 @@ async fn sockjs_info_and_welcome() {
 
     let r = http.get(server.http("/ws-mutr")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "Welcome to SockJS!\n");
+
+    // A plain GET where an upgrade belongs: refused in the API's error envelope.
+    for path in ["/ws-mutr/websocket", "/ws-mutr/000/sess/websocket"] {
+        let r = http.get(server.http(path)).send().await.unwrap();
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["success"], false, "{path}: {body}");
+        assert!(body["data"].is_null(), "{path}: {body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
     server.stop().await;
 }
 

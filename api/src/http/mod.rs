@@ -87,7 +87,7 @@ async fn method_not_allowed() -> ApiError {
 
 /// Gives error answers that axum or tower produced without a body of ours (timeouts, limits) the
 /// envelope too, so that every error a client sees has one shape.
-async fn envelope_errors(request: Request, next: Next) -> Response {
+pub(crate) async fn envelope_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     let is_json = response

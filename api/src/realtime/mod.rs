@@ -246,12 +246,18 @@ impl Realtime {
     /// Every `/ws-mutr` route, with its state applied, to be merged into the application. The
     /// routes answer SockJS's CORS headers themselves: do not put another CORS layer on them.
     pub fn router(&self) -> Router {
+        // A refused upgrade (no WebSocket headers, a foreign origin, shutting down) is an HTTP
+        // answer a client may read: it gets the API's error envelope. The SockJS routes keep
+        // SockJS's own framing.
+        let websocket = Router::new()
+            .route("/ws-mutr/websocket", get(ws::raw))
+            .route("/ws-mutr/{server}/{session}/websocket", get(ws::sockjs))
+            .route_layer(axum::middleware::from_fn(crate::http::envelope_errors));
         Router::new()
             .route("/ws-mutr", get(xhr::welcome))
             .route("/ws-mutr/", get(xhr::welcome))
             .route("/ws-mutr/info", get(xhr::info).options(xhr::info_options))
-            .route("/ws-mutr/websocket", get(ws::raw))
-            .route("/ws-mutr/{server}/{session}/websocket", get(ws::sockjs))
+            .merge(websocket)
             .route(
                 "/ws-mutr/{server}/{session}/xhr",
                 post(xhr::polling).options(xhr::options),
