@@ -134,6 +134,12 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub limits: Limits,
 
+    #[command(flatten)]
+    pub node_writer: crate::node_writer::NodeWriterArgs,
+
+    #[command(flatten)]
+    pub guest_cache: crate::auth::cache::GuestCacheArgs,
+
     /// Origins allowed to call the API from a browser (comma-separated, `*` for any). Empty: same
     /// origin only.
     #[arg(long, env = "MUTR_CORS_ORIGINS", value_delimiter = ',', num_args = 0..)]

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod node_writer;
 pub mod oauth;
 pub mod realtime;
 pub mod state;
@@ -23,10 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::http::app;
 use crate::{
+    auth::cache::GuestCache,
     auth::jwt::{JwtError, JwtKeys},
     config::ServeArgs,
     events::{Broadcaster, NoPipeline, SharedHandoff},
     http::rate_limit::WriteLimiter,
+    node_writer::{NodeWriter, Sinks},
     state::{AppState, Readiness},
 };
 
@@ -53,7 +56,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Builds the shared state for `args` over `pool`, handing committed nodes to `handoff`.
+/// Builds the shared state for `args` over `pool`, handing committed nodes to `handoff`. Starts
+/// the node writer, so it must be called on a Tokio runtime.
 pub fn build_state(
     args: &ServeArgs,
     pool: PgPool,
@@ -76,6 +80,14 @@ pub fn build_state(
         pool.clone(),
         redis.clone(),
     )?);
+    let node_writer = NodeWriter::start(
+        pool.clone(),
+        Sinks {
+            broadcaster: broadcaster.clone(),
+            handoff: handoff.clone(),
+        },
+        &args.node_writer,
+    );
     Ok(AppState {
         db: pool,
         redis,
@@ -85,6 +97,8 @@ pub fn build_state(
             args.limits.write_rate_per_sec,
             args.limits.write_burst,
         )),
+        node_writer,
+        guest_cache: GuestCache::new(&args.guest_cache),
         handoff,
         broadcaster,
         realtime: None,

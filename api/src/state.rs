@@ -12,10 +12,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
 use crate::{
-    auth::jwt::JwtKeys,
+    auth::{cache::GuestCache, jwt::JwtKeys},
     config::Limits,
     events::{SharedBroadcaster, SharedHandoff},
     http::rate_limit::WriteLimiter,
+    node_writer::NodeWriter,
     realtime::Realtime,
 };
 
@@ -50,6 +51,10 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Per-user write rate.
     pub write_limiter: Arc<WriteLimiter>,
+    /// Stores new nodes in groups, then announces and hands them off.
+    pub node_writer: NodeWriter,
+    /// Guests recently found by token, for writes.
+    pub guest_cache: GuestCache,
     /// Where committed nodes go for analysis.
     pub handoff: SharedHandoff,
     /// Where committed nodes are announced to live clients.

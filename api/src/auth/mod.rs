@@ -1,6 +1,8 @@
 //! Who is calling: members by `Authorization: Bearer <JWT>`, guests by `X-Guest-Token`. When both
-//! are sent the bearer token wins. Reads are public; writes take an [`AuthUser`].
+//! are sent the bearer token wins. Reads are public; writes take an [`Author`] (an [`AuthUser`] that
+//! may come from the guest cache).
 
+pub mod cache;
 pub mod guest;
 pub mod jwt;
 pub mod signing;
@@ -28,16 +30,7 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let bearer = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        if let Some(token) = bearer {
+        if let Some(token) = bearer(parts) {
             return member(state, token).await.map(AuthUser);
         }
         let guest_token = parts
@@ -52,6 +45,68 @@ impl FromRequestParts<AppState> for AuthUser {
         }
         Err(ApiError::Unauthorized("authentication required".to_owned()))
     }
+}
+
+/// The author of a write: the authenticated user and, for a guest, the hash of the token it was
+/// found by. A guest may come from the [`cache::GuestCache`]; the statement that stores the write
+/// checks the token again.
+#[derive(Debug, Clone)]
+pub struct Author {
+    /// Who writes.
+    pub user: User,
+    /// The guest's token hash; none for a member.
+    pub guest_token_hash: Option<Vec<u8>>,
+}
+
+impl FromRequestParts<AppState> for Author {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(token) = bearer(parts) {
+            return Ok(Self {
+                user: member(state, token).await?,
+                guest_token_hash: None,
+            });
+        }
+        let Some(token) = parts
+            .headers
+            .get(GUEST_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Err(ApiError::Unauthorized("authentication required".to_owned()));
+        };
+        let hash = guest::hash(token.trim());
+        let user = match state.guest_cache.get(&hash) {
+            Some(user) => user,
+            None => {
+                let user = users::find_guest(&state.db, &hash)
+                    .await?
+                    .ok_or_else(|| ApiError::Unauthorized("unknown guest token".to_owned()))?;
+                state.guest_cache.insert(hash.clone(), user.clone());
+                user
+            }
+        };
+        Ok(Self {
+            user,
+            guest_token_hash: Some(hash),
+        })
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
 }
 
 /// Verifies a member token and finds the member, creating it on first sight.

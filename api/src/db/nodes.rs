@@ -17,6 +17,10 @@ pub struct NewNode<'a> {
     pub content: &'a str,
     /// Its author.
     pub author_id: i64,
+    /// The hash of the guest token the author was found by, when a guest: the insert checks in
+    /// the same statement that the token still identifies this guest (a guest who signed in since
+    /// is no longer one). `None` for a member.
+    pub guest_token_hash: Option<&'a [u8]>,
     /// The node it answers; none for a new root.
     pub parent_id: Option<i64>,
     /// Where it goes relative to its parent, or (a root) relative to the origin. The stored
@@ -41,67 +45,160 @@ pub struct Created {
     pub context: LineageContext,
 }
 
-/// Creates a node as `PENDING` in one statement (so in one transaction): reads the parent, walks
-/// the lineage with one recursive CTE, inserts the node (root id, rounded position; a root is
-/// `ORIGIN` with score 0.0). `None` when the parent does not exist.
-pub async fn create(
+/// What became of one node of [`create_many`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Stored.
+    Created(Created),
+    /// Its parent does not exist; nothing was stored for it.
+    ParentMissing,
+    /// Its author no longer exists, or the guest token no longer identifies them (the guest signed
+    /// in meanwhile); nothing was stored for it.
+    AuthorGone,
+}
+
+/// Creates one node as `PENDING` in one statement: [`create_many`] with one row.
+pub async fn create(db: impl PgExecutor<'_>, node: &NewNode<'_>) -> Result<Outcome, sqlx::Error> {
+    let mut outcomes = create_many(db, std::slice::from_ref(node)).await?;
+    outcomes.pop().ok_or(sqlx::Error::RowNotFound)
+}
+
+/// Creates nodes as `PENDING` in one statement (so in one transaction, with one commit): per
+/// node, reads its parent and checks its author, walks the lineage window with one recursive CTE
+/// over all nodes, and inserts the nodes whose parent and author exist (root id, rounded position;
+/// a root is `ORIGIN` with score 0.0). Answers one [`Outcome`] per node, in the order given. A
+/// node whose parent or author is missing is skipped without failing the others; any error of the
+/// statement (a constraint, an invalid text) stores none of them.
+pub async fn create_many(
     db: impl PgExecutor<'_>,
-    node: &NewNode<'_>,
-) -> Result<Option<Created>, sqlx::Error> {
-    let row = sqlx::query!(
+    nodes: &[NewNode<'_>],
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    if nodes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let content: Vec<&str> = nodes.iter().map(|n| n.content).collect();
+    let author: Vec<i64> = nodes.iter().map(|n| n.author_id).collect();
+    // Arrays without NULLs: a flag says whether the parent id (else 0) and the token hash (else
+    // empty) are meant.
+    let has_parent: Vec<bool> = nodes.iter().map(|n| n.parent_id.is_some()).collect();
+    let parent: Vec<i64> = nodes.iter().map(|n| n.parent_id.unwrap_or(0)).collect();
+    let dx: Vec<f64> = nodes.iter().map(|n| n.offset.x).collect();
+    let dy: Vec<f64> = nodes.iter().map(|n| n.offset.y).collect();
+    let dz: Vec<f64> = nodes.iter().map(|n| n.offset.z).collect();
+    let own_len: Vec<i64> = nodes.iter().map(|n| lineage::char_len(n.content)).collect();
+    let is_guest: Vec<bool> = nodes.iter().map(|n| n.guest_token_hash.is_some()).collect();
+    let token: Vec<Vec<u8>> = nodes
+        .iter()
+        .map(|n| n.guest_token_hash.unwrap_or_default().to_vec())
+        .collect();
+    let rows = sqlx::query!(
         r#"WITH RECURSIVE
-        parent AS (
-            SELECT id, root_id, x, y, z, topic, analysis_status FROM nodes WHERE id = $3
+        input AS MATERIALIZED (
+            SELECT t.* FROM unnest($1::text[], $2::bigint[], $3::bool[], $4::bigint[],
+                                   $5::float8[], $6::float8[], $7::float8[], $8::bigint[],
+                                   $9::bool[], $10::bytea[])
+                WITH ORDINALITY AS t(content, author_id, has_parent, parent_id, dx, dy, dz,
+                                     own_len, is_guest, token_hash, idx)
+        ),
+        parent AS MATERIALIZED (
+            SELECT i.idx, p.id, p.parent_id, p.content, p.root_id, p.x, p.y, p.z, p.topic,
+                   p.analysis_status
+            FROM input i JOIN nodes p ON p.id = i.parent_id
+            WHERE i.has_parent
+        ),
+        author AS MATERIALIZED (
+            SELECT i.idx FROM input i JOIN users u ON u.id = i.author_id
+            WHERE NOT i.is_guest
+               OR (u.role = 'ROLE_GUEST' AND u.guest_token_hash = i.token_hash)
+        ),
+        accepted AS MATERIALIZED (
+            SELECT i.idx, nextval(pg_get_serial_sequence('nodes', 'id')) AS id
+            FROM input i
+            WHERE i.idx IN (SELECT idx FROM author)
+              AND (NOT i.has_parent OR i.idx IN (SELECT idx FROM parent))
         ),
         walk AS (
-            SELECT n.id, n.parent_id, n.content, n.topic, 1 AS depth, $7::bigint AS acc_before
-            FROM nodes n WHERE n.id = $3
+            SELECT p.idx, p.id, p.parent_id, p.content, p.topic, 1 AS depth, i.own_len AS acc_before
+            FROM parent p JOIN input i ON i.idx = p.idx
+            WHERE p.idx IN (SELECT idx FROM accepted)
           UNION ALL
-            SELECT p.id, p.parent_id, p.content, p.topic, w.depth + 1,
+            SELECT w.idx, n.id, n.parent_id, n.content, n.topic, w.depth + 1,
                    w.acc_before + char_length(w.content)
-            FROM walk w JOIN nodes p ON p.id = w.parent_id
-            WHERE w.acc_before < $8
+            FROM walk w JOIN nodes n ON n.id = w.parent_id
+            WHERE w.acc_before < $11
         ),
-        new_node AS (SELECT nextval(pg_get_serial_sequence('nodes', 'id')) AS id),
+        win AS (
+            SELECT idx,
+                   array_agg(content ORDER BY depth DESC) FILTER (WHERE acc_before < $11) AS win,
+                   max(topic) FILTER (WHERE acc_before >= $11) AS baseline_topic
+            FROM walk GROUP BY idx
+        ),
         ins AS (
             INSERT INTO nodes (id, content, author_id, parent_id, root_id, x, y, z,
                                mutation_filter, mutation_score)
-            SELECT new_node.id, $1, $2, parent.id, COALESCE(parent.root_id, new_node.id),
-                   round((COALESCE(parent.x, 0) + $4::float8)::numeric, 2)::float8,
-                   round((COALESCE(parent.y, 0) + $5::float8)::numeric, 2)::float8,
-                   round((COALESCE(parent.z, 0) + $6::float8)::numeric, 2)::float8,
-                   CASE WHEN parent.id IS NULL THEN 'ORIGIN' END,
-                   CASE WHEN parent.id IS NULL THEN 0.0::float8 END
-            FROM new_node LEFT JOIN parent ON true
-            WHERE $3::bigint IS NULL OR parent.id IS NOT NULL
+            SELECT a.id, i.content, i.author_id, p.id, COALESCE(p.root_id, a.id),
+                   round((COALESCE(p.x, 0) + i.dx)::numeric, 2)::float8,
+                   round((COALESCE(p.y, 0) + i.dy)::numeric, 2)::float8,
+                   round((COALESCE(p.z, 0) + i.dz)::numeric, 2)::float8,
+                   CASE WHEN p.id IS NULL THEN 'ORIGIN' END,
+                   CASE WHEN p.id IS NULL THEN 0.0::float8 END
+            FROM accepted a JOIN input i ON i.idx = a.idx LEFT JOIN parent p ON p.idx = a.idx
+            ORDER BY a.id
             RETURNING id, root_id, x, y, z, created_at
         )
-        SELECT ins.id AS "id!", ins.root_id AS "root_id!", ins.x AS "x!", ins.y AS "y!", ins.z AS "z!",
-               ins.created_at AS "created_at!",
-               parent.topic AS "parent_topic?", parent.analysis_status AS "parent_status?",
-               COALESCE((SELECT array_agg(content ORDER BY depth DESC) FROM walk
-                         WHERE acc_before < $8), '{}') AS "window!",
-               (SELECT topic FROM walk WHERE acc_before >= $8) AS baseline_topic
-        FROM ins LEFT JOIN parent ON true"#,
-        node.content,
-        node.author_id,
-        node.parent_id,
-        node.offset.x,
-        node.offset.y,
-        node.offset.z,
-        lineage::char_len(node.content),
+        SELECT ins.id AS "id?", ins.root_id AS "root_id?", ins.x AS "x?",
+               ins.y AS "y?", ins.z AS "z?", ins.created_at AS "created_at?",
+               (au.idx IS NOT NULL) AS "author_found!", (p.idx IS NOT NULL) AS "parent_found!",
+               p.topic AS "parent_topic?", p.analysis_status AS "parent_status?",
+               COALESCE(win.win, '{}') AS "window!", win.baseline_topic AS "baseline_topic?"
+        FROM input i
+        LEFT JOIN accepted a ON a.idx = i.idx
+        LEFT JOIN ins ON ins.id = a.id
+        LEFT JOIN author au ON au.idx = i.idx
+        LEFT JOIN parent p ON p.idx = i.idx
+        LEFT JOIN win ON win.idx = i.idx
+        ORDER BY i.idx"#,
+        &content as &[&str],
+        &author,
+        &has_parent,
+        &parent,
+        &dx,
+        &dy,
+        &dz,
+        &own_len,
+        &is_guest,
+        &token,
         lineage::WINDOW_CHARS,
     )
-    .fetch_optional(db)
+    .fetch_all(db)
     .await?;
-    Ok(row.map(|r| Created {
-        id: r.id,
-        root_id: r.root_id,
-        position: Vec3::new(r.x, r.y, r.z),
-        created_at: r.created_at,
-        parent: r.parent_status.map(|s| (r.parent_topic, status(&s))),
-        context: lineage::assemble(node.content, &r.window, r.baseline_topic),
-    }))
+    if rows.len() != nodes.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "{} outcomes for {} nodes",
+            rows.len(),
+            nodes.len()
+        )));
+    }
+    Ok(rows
+        .into_iter()
+        .zip(nodes)
+        .map(
+            |(r, node)| match (r.id, r.root_id, r.x, r.y, r.z, r.created_at) {
+                (Some(id), Some(root_id), Some(x), Some(y), Some(z), Some(created_at)) => {
+                    Outcome::Created(Created {
+                        id,
+                        root_id,
+                        position: Vec3::new(x, y, z),
+                        created_at,
+                        parent: r.parent_status.map(|s| (r.parent_topic, status(&s))),
+                        context: lineage::assemble(node.content, &r.window, r.baseline_topic),
+                    })
+                }
+                _ if !r.author_found => Outcome::AuthorGone,
+                _ => Outcome::ParentMissing,
+            },
+        )
+        .collect())
 }
 
 /// The lineage window of a stored node whose text is `own` and whose parent is `parent_id` (none
@@ -275,18 +372,22 @@ mod tests {
         parent: Option<i64>,
         offset: (f64, f64, f64),
     ) -> Created {
-        create(
+        let outcome = create(
             pool,
             &NewNode {
                 content,
                 author_id,
+                guest_token_hash: None,
                 parent_id: parent,
                 offset: Vec3::new(offset.0, offset.1, offset.2),
             },
         )
         .await
-        .unwrap()
-        .expect("parent exists")
+        .unwrap();
+        match outcome {
+            Outcome::Created(c) => c,
+            other => panic!("not created: {other:?}"),
+        }
     }
 
     #[sqlx::test]
@@ -349,18 +450,164 @@ mod tests {
             &NewNode {
                 content: "x",
                 author_id: a,
+                guest_token_hash: None,
                 parent_id: Some(424_242),
                 offset: Vec3::ORIGIN,
             },
         )
         .await
         .unwrap();
-        assert_eq!(created, None);
+        assert_eq!(created, Outcome::ParentMissing);
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM nodes")
             .fetch_one(&pool)
             .await
             .unwrap();
         assert_eq!(count, 0);
+    }
+
+    fn new_node<'a>(
+        content: &'a str,
+        author_id: i64,
+        guest_token_hash: Option<&'a [u8]>,
+        parent_id: Option<i64>,
+    ) -> NewNode<'a> {
+        NewNode {
+            content,
+            author_id,
+            guest_token_hash,
+            parent_id,
+            offset: Vec3::new(1.0, 2.0, 3.0),
+        }
+    }
+
+    async fn count(pool: &PgPool) -> i64 {
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM nodes"#)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    /// One statement for good rows, missing parents and stale authors: each gets its own answer,
+    /// and only the good rows are stored, each with its own id, root and lineage.
+    #[sqlx::test]
+    async fn create_many_answers_each_node_on_its_own(pool: PgPool) {
+        let token = [7u8; 32];
+        let guest = users::create_guest(&pool, "테스트_손님_0002", &token)
+            .await
+            .unwrap()
+            .id;
+        let a = author(&pool).await;
+        let root = add(&pool, a, "root", None, (0.0, 0.0, 0.0)).await;
+        let child = add(&pool, a, "child", Some(root.id), (0.0, 0.0, 0.0)).await;
+        sqlx::query!(
+            "UPDATE nodes SET topic = 'done', analysis_status = 'COMPLETED' WHERE id = $1",
+            child.id
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let long = "가".repeat(498);
+        let batch = [
+            new_node("new root", a, None, None),
+            new_node("under child", guest, Some(&token), Some(child.id)),
+            new_node("orphan", a, None, Some(424_242)),
+            new_node("stale token", guest, Some(&[8u8; 32]), Some(root.id)),
+            new_node("nobody", 999_999, None, None),
+            new_node(&long, a, None, Some(child.id)),
+            new_node("under root", a, None, Some(root.id)),
+        ];
+        let before = count(&pool).await;
+        let out = create_many(&pool, &batch).await.unwrap();
+        assert_eq!(out.len(), batch.len());
+        let created: Vec<&Created> = out
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Created(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(created.len(), 4);
+        assert_eq!(count(&pool).await, before + 4);
+        assert_eq!(out[2], Outcome::ParentMissing);
+        assert_eq!(out[3], Outcome::AuthorGone);
+        assert_eq!(out[4], Outcome::AuthorGone);
+        let Outcome::Created(new_root) = &out[0] else {
+            panic!("{:?}", out[0])
+        };
+        assert_eq!(new_root.root_id, new_root.id);
+        assert_eq!(new_root.parent, None);
+        assert_eq!(new_root.position, Vec3::new(1.0, 2.0, 3.0));
+        let Outcome::Created(under_child) = &out[1] else {
+            panic!("{:?}", out[1])
+        };
+        assert_eq!(under_child.root_id, root.id);
+        assert_eq!(
+            under_child.parent,
+            Some((Some("done".to_owned()), AnalysisStatus::Completed))
+        );
+        assert_eq!(under_child.context.full_context, "root\nchild\nunder child");
+        let Outcome::Created(long_one) = &out[5] else {
+            panic!("{:?}", out[5])
+        };
+        // 498 + "child": the window stops at the child, whose parent's topic is the baseline.
+        assert_eq!(
+            long_one.context,
+            lineage(&pool, &long, Some(child.id)).await.unwrap()
+        );
+        let Outcome::Created(under_root) = &out[6] else {
+            panic!("{:?}", out[6])
+        };
+        assert_eq!(under_root.root_id, root.id);
+        assert_eq!(under_root.context.full_context, "root\nunder root");
+        let mut ids: Vec<i64> = created.iter().map(|c| c.id).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 4, "distinct ids in input order: {ids:?}");
+        let stored = find(&pool, under_child.id).await.unwrap().unwrap();
+        assert_eq!(stored.author_nickname, "테스트_손님_0002");
+        assert_eq!(stored.parent_id, Some(child.id));
+    }
+
+    /// A guest who signed in (token hash gone) can no longer write with the old token.
+    #[sqlx::test]
+    async fn create_refuses_a_guest_token_that_was_retired(pool: PgPool) {
+        let token = [9u8; 32];
+        let guest = users::create_guest(&pool, "테스트_손님_0003", &token)
+            .await
+            .unwrap()
+            .id;
+        let node = new_node("hello", guest, Some(&token), None);
+        assert!(matches!(
+            create(&pool, &node).await.unwrap(),
+            Outcome::Created(_)
+        ));
+        sqlx::query!(
+            "UPDATE users SET role = 'ROLE_USER', provider = 'google', provider_user_id = 's',
+                    guest_token_hash = NULL WHERE id = $1",
+            guest
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        assert_eq!(create(&pool, &node).await.unwrap(), Outcome::AuthorGone);
+        let as_member = new_node("hello", guest, None, None);
+        assert!(matches!(
+            create(&pool, &as_member).await.unwrap(),
+            Outcome::Created(_)
+        ));
+    }
+
+    /// A statement error (PostgreSQL refuses a NUL in text) stores none of the batch.
+    #[sqlx::test]
+    async fn create_many_is_all_or_nothing_on_an_error(pool: PgPool) {
+        let a = author(&pool).await;
+        let batch = [
+            new_node("fine", a, None, None),
+            new_node("bad\0text", a, None, None),
+        ];
+        let err = create_many(&pool, &batch).await.unwrap_err();
+        assert!(err.as_database_error().is_some(), "{err:?}");
+        assert_eq!(count(&pool).await, 0);
+        assert!(create_many(&pool, &[]).await.unwrap().is_empty());
     }
 
     /// The CTE against the plain rule, on random chains with random lengths and topics.

@@ -5,16 +5,15 @@ use axum::extract::State;
 use serde::Deserialize;
 
 use crate::{
-    auth::AuthUser,
-    db::nodes::{self, Cube, NewNode},
+    auth::Author,
+    db::nodes::{self, Cube},
     domain::{
         coordinates::{self, Vec3},
-        mutation::{MutationFilter, ROOT_SCORE},
-        node::{AnalysisStatus, MAX_CONTENT_CHARS, Node},
+        node::{MAX_CONTENT_CHARS, Node},
     },
     error::{ApiError, ApiOk},
-    events::{AnalysisRequested, GALAXY_TOPIC},
     http::extract::{ApiJson, ApiQuery},
+    node_writer::{NodeDraft, WriteError},
     state::AppState,
 };
 
@@ -77,11 +76,15 @@ impl CreateNode {
     }
 }
 
-/// Creates a node as `PENDING` in one statement (one transaction); after the commit, broadcasts it
-/// and hands it to the analysis pipeline. Never waits for the analysis.
+/// Creates a node as `PENDING` (stored in one statement with concurrent creations, see
+/// [`crate::node_writer`]); after the commit it is broadcast and handed to the analysis pipeline.
+/// Never waits for the analysis.
 pub async fn create(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    Author {
+        user,
+        guest_token_hash,
+    }: Author,
     ApiJson(body): ApiJson<CreateNode>,
 ) -> Result<ApiOk<Node>, ApiError> {
     state.write_limiter.check(user.id)?;
@@ -91,62 +94,30 @@ pub async fn create(
         Some(_) => coordinates::child_offset(body.gaze(), &mut rand::rng()),
         None => coordinates::place_root(body.x, body.y, body.z),
     };
-    let created = nodes::create(
-        &state.db,
-        &NewNode {
-            content: &body.content,
-            author_id: user.id,
-            parent_id: body.parent_id,
-            offset,
-        },
-    )
-    .await?
-    .ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "parent node {} not found",
-            body.parent_id.unwrap_or_default()
-        ))
-    })?;
-    metrics::counter!("mutr_nodes_created_total").increment(1);
-
-    let is_root = body.parent_id.is_none();
-    let node = Node {
-        id: created.id,
+    let draft = NodeDraft {
         content: body.content,
+        author_id: user.id,
         author_nickname: user.nickname,
-        topic: None,
-        emotion: "neutral".to_owned(),
-        mutation_filter: is_root.then_some(MutationFilter::Origin),
-        mutation_score: is_root.then_some(ROOT_SCORE),
-        x: created.position.x,
-        y: created.position.y,
-        z: created.position.z,
+        guest_token_hash: guest_token_hash.clone(),
         parent_id: body.parent_id,
-        root_id: created.root_id,
-        crated_at: created.created_at,
-        created_at: created.created_at,
-        analysis_status: AnalysisStatus::Pending,
+        offset,
     };
-    tracing::info!(node_id = node.id, parent_id = ?node.parent_id, user_id = user.id, "node created");
-
-    match serde_json::to_string(&node) {
-        Ok(json) => state.broadcaster.publish(GALAXY_TOPIC, json).await,
-        Err(e) => {
-            tracing::error!(node_id = node.id, error = %e, "node not serialisable for broadcast")
+    match state.node_writer.create(draft).await {
+        Ok(node) => Ok(ApiOk(node)),
+        Err(WriteError::ParentMissing(id)) => {
+            Err(ApiError::NotFound(format!("parent node {id} not found")))
         }
+        Err(WriteError::AuthorGone) => {
+            if let Some(hash) = &guest_token_hash {
+                state.guest_cache.invalidate(hash);
+                return Err(ApiError::Unauthorized("unknown guest token".to_owned()));
+            }
+            Err(ApiError::Unauthorized("unknown user".to_owned()))
+        }
+        Err(WriteError::Database(e)) => Err(ApiError::Database(e)),
+        Err(WriteError::Stopped) => Err(ApiError::Unavailable("shutting down".to_owned())),
+        Err(e @ WriteError::Batch) => Err(ApiError::Internal(e.into())),
     }
-    let parent_topic_hint = created
-        .parent
-        .filter(|(_, status)| *status == AnalysisStatus::Completed)
-        .and_then(|(topic, _)| topic);
-    state.handoff.submit(AnalysisRequested {
-        node_id: node.id,
-        parent_id: node.parent_id,
-        parent_topic_hint,
-        baseline_topic: created.context.baseline_topic,
-        full_context: created.context.full_context,
-    });
-    Ok(ApiOk(node))
 }
 
 /// The query of `GET /api/v1/nodes/viz`.
