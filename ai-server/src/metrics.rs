@@ -23,9 +23,10 @@ pub const IN_FLIGHT: &str = "mutr_ai_requests_in_flight";
 pub const QUEUE_DEPTH: &str = "mutr_ai_queue_depth";
 /// Sequences being decoded, by worker.
 pub const ACTIVE_SEQUENCES: &str = "mutr_ai_active_sequences";
-/// Sequences in each decode, by worker.
+/// Sequences in each decode, by worker and phase (`prefill`: prompt chunks or texts to embed;
+/// `decode`: one token per sequence).
 pub const BATCH_SEQUENCES: &str = "mutr_ai_batch_sequences";
-/// Tokens in each decode, by worker.
+/// Tokens in each decode, by worker and phase.
 pub const BATCH_TOKENS: &str = "mutr_ai_batch_tokens";
 /// Tokens generated for topics.
 pub const GENERATED_TOKENS: &str = "mutr_ai_generated_tokens_total";
@@ -74,9 +75,11 @@ pub(crate) fn active_sequences(worker: &'static str, n: usize) {
     metrics::gauge!(ACTIVE_SEQUENCES, "worker" => worker).set(n as f64);
 }
 
-pub(crate) fn batch(worker: &'static str, sequences: usize, tokens: i32) {
-    metrics::histogram!(BATCH_SEQUENCES, "worker" => worker).record(sequences as f64);
-    metrics::histogram!(BATCH_TOKENS, "worker" => worker).record(f64::from(tokens));
+pub(crate) fn batch(worker: &'static str, phase: &'static str, sequences: usize, tokens: i32) {
+    metrics::histogram!(BATCH_SEQUENCES, "worker" => worker, "phase" => phase)
+        .record(sequences as f64);
+    metrics::histogram!(BATCH_TOKENS, "worker" => worker, "phase" => phase)
+        .record(f64::from(tokens));
 }
 
 pub(crate) fn generated_tokens(n: u64) {

@@ -208,16 +208,24 @@ async fn greedy_output_does_not_depend_on_the_batch() {
     .await;
     let client = server.client().await;
     let alone = analyze(&mut client.clone(), probe.clone()).await.unwrap();
-    for round in 0..2 {
+    // Rounds 0 and 1: the probe joins while the others are decoding. Round 2: the probe comes in
+    // the same burst as the others, so its prompt chunks share prefill batches with theirs.
+    for round in 0..3 {
         let mut tasks = Vec::new();
+        if round == 2 {
+            let mut c = client.clone();
+            let probe = probe.clone();
+            tasks.push(tokio::spawn(async move {
+                (usize::MAX, analyze(&mut c, probe).await)
+            }));
+        }
         for (i, other) in others.iter().enumerate() {
             let mut c = client.clone();
             let other = other.clone();
             tasks.push(tokio::spawn(
                 async move { (i, analyze(&mut c, other).await) },
             ));
-            if i == 3 + round {
-                // The probe joins while the others are decoding.
+            if round < 2 && i == 3 + round {
                 let mut c = client.clone();
                 let probe = probe.clone();
                 tasks.push(tokio::spawn(async move {
@@ -238,12 +246,15 @@ async fn greedy_output_does_not_depend_on_the_batch() {
     }
     assert_eq!(alone, alone_serial, "--parallel 8 alone vs --parallel 1");
     let text = server.metrics_text().await;
-    let sum = metric(&text, "mutr_ai_batch_sequences_sum{worker=\"generate\"}");
-    let count = metric(&text, "mutr_ai_batch_sequences_count{worker=\"generate\"}");
-    assert!(
-        sum / count > 1.0,
-        "requests were batched together: {sum}/{count}"
-    );
+    for phase in ["prefill", "decode"] {
+        let labels = format!("{{worker=\"generate\",phase=\"{phase}\"}}");
+        let sum = metric(&text, &format!("mutr_ai_batch_sequences_sum{labels}"));
+        let count = metric(&text, &format!("mutr_ai_batch_sequences_count{labels}"));
+        assert!(
+            sum / count > 1.0,
+            "{phase}: requests were batched together: {sum}/{count}"
+        );
+    }
     server.stop().await.unwrap();
 }
 

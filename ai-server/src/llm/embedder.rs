@@ -256,7 +256,7 @@ impl Worker<'_> {
                 tracing::error!("embedding batch: {e}");
             }
         }
-        m::batch(WORKER, packed.len(), self.batch.n_tokens());
+        m::batch(WORKER, "prefill", packed.len(), self.batch.n_tokens());
         self.ctx.clear_kv_cache();
         let decoded = self.ctx.decode(&mut self.batch);
         let mut failed = std::collections::HashSet::new();

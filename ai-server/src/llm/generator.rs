@@ -3,12 +3,11 @@
 //! One llama context holds up to `parallel` sequences, each with its own KV cache stream
 //! (`kv_unified = false`, so a sequence's attention never sees another's cells and its greedy
 //! output does not depend on its neighbours). Each loop turn admits waiting jobs into free
-//! sequences, drops the ones that were cancelled or ran out of time, decodes each new sequence's
-//! own prompt chunk alone (llama.cpp's CPU kernels pick their algorithm by batch shape, so a
-//! prompt batched with others would round differently; see the README), then builds one batch
-//! holding exactly the next token of every decoding sequence, decodes it once, and moves every
-//! sequence on from its logits. A sequence's KV cache is cleared the moment it ends, so the next
-//! job can start on the next turn.
+//! sequences, drops the ones that were cancelled or ran out of time, decodes the next prompt chunk
+//! of every new sequence in one batch (each chunk exactly [`PREFILL_CHUNK`] positions, the last
+//! one padded), then builds one batch holding exactly the next token of every decoding sequence,
+//! decodes it once, and moves every sequence on from its logits. A sequence's KV cache is cleared
+//! the moment it ends, so the next job can start on the next turn.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -71,9 +70,20 @@ impl GenSettings {
         Ok(())
     }
 
-    /// The settings that can change a result: a smaller context cuts prompts shorter.
+    /// Prompt positions each sequence gets in one prefill decode: [`PREFILL_CHUNK`], or less
+    /// when `n_batch` is smaller.
+    pub(super) fn prefill_chunk(&self) -> usize {
+        PREFILL_CHUNK.min(self.n_batch as usize).max(1)
+    }
+
+    /// The settings that can change a result: a smaller context cuts prompts shorter, and the
+    /// prefill chunk sets the shape the prompt is computed in (so its rounding).
     pub(super) fn cache_identity(&self) -> String {
-        format!("n_ctx={}", self.n_ctx)
+        format!(
+            "n_ctx={};prefill_chunk={}",
+            self.n_ctx,
+            self.prefill_chunk()
+        )
     }
 }
 
@@ -195,6 +205,7 @@ fn run(
         prefixes: [holder(0), holder(1)],
         batch: LlamaBatch::new(n_batch as usize, 1),
         n_batch: n_batch as usize,
+        prefill_chunk: settings.prefill_chunk(),
         n_ctx_seq,
     };
     scheduler.run();
@@ -344,6 +355,10 @@ struct Prefix {
     tokens: Vec<LlamaToken>,
 }
 
+/// Prompt positions per sequence in one prefill decode (fewer when `n_batch` is smaller). With
+/// `n_batch` 512, sixteen sequences' chunks fit one decode.
+pub(crate) const PREFILL_CHUNK: usize = 32;
+
 /// Shortest shared start worth copying.
 const MIN_PREFIX: usize = 8;
 
@@ -363,15 +378,18 @@ struct Scheduler<'m> {
     prefixes: [Prefix; 2],
     batch: LlamaBatch<'static>,
     n_batch: usize,
+    /// Prompt positions per sequence in one prefill decode.
+    prefill_chunk: usize,
     n_ctx_seq: usize,
 }
 
 /// Why the schedule is shaped the way it is: llama.cpp's CPU kernels compute a token's numbers
 /// the same way whatever else is in the batch only when the batch has the same shape per
-/// sequence. So a prompt is always decoded alone (its chunks depend only on the prompt), and
-/// every decode step carries exactly one token per sequence and at least two tokens in all (a
-/// throw-away token in a prefix sequence's stream when only one sequence is decoding). Greedy
-/// output is then the same alone or among any number of others, which a test checks.
+/// sequence. So a prefill decode gives every sequence exactly `prefill_chunk` positions (its
+/// chunks depend only on its prompt), and every decode step carries exactly one token per
+/// sequence and at least two tokens in all (a throw-away token in a prefix sequence's stream when
+/// only one sequence is decoding). Greedy output is then the same alone or among any number of
+/// others, which a test checks.
 impl Scheduler<'_> {
     fn run(&mut self) {
         loop {
@@ -442,7 +460,10 @@ impl Scheduler<'_> {
                         + 1
                 }
             };
-            let budget = self.n_ctx_seq.saturating_sub(reserve);
+            // The last prompt chunk is padded to full length: room for it after the prompt.
+            let budget = self
+                .n_ctx_seq
+                .saturating_sub(reserve.max(self.prefill_chunk));
             let tokens = match self.prompts.fit(&job.prompt, budget) {
                 Ok(tokens) if !tokens.is_empty() => tokens,
                 Ok(_) => {
@@ -495,10 +516,7 @@ impl Scheduler<'_> {
                 return 0;
             }
             let holder = self.prefixes[kind].seq;
-            if self
-                .decode_alone(holder, &tokens[..shared], 0, false)
-                .is_err()
-            {
+            if self.decode_alone(holder, &tokens[..shared]).is_err() {
                 self.clear(holder, None);
                 return 0;
             }
@@ -520,34 +538,23 @@ impl Scheduler<'_> {
         shared
     }
 
-    /// Decodes `tokens` of one sequence from position `pos`, alone, in chunks of `n_batch`;
-    /// with `logits`, the last token's logits are kept (batch index returned).
-    fn decode_alone(
-        &mut self,
-        seq: i32,
-        tokens: &[LlamaToken],
-        pos: usize,
-        logits: bool,
-    ) -> Result<i32, EngineError> {
-        let mut last = 0;
+    /// Decodes `tokens` of one sequence from position 0, alone, in chunks of `n_batch`, keeping
+    /// no logits (the shared prompt starts).
+    fn decode_alone(&mut self, seq: i32, tokens: &[LlamaToken]) -> Result<(), EngineError> {
         for (c, chunk) in tokens.chunks(self.n_batch).enumerate() {
-            let start = pos + c * self.n_batch;
-            let final_chunk = start + chunk.len() == pos + tokens.len();
             self.batch.clear();
             for (j, t) in chunk.iter().enumerate() {
-                let p = i32::try_from(start + j).unwrap_or(i32::MAX);
-                let want = logits && final_chunk && j + 1 == chunk.len();
+                let p = i32::try_from(c * self.n_batch + j).unwrap_or(i32::MAX);
                 self.batch
-                    .add(*t, p, &[seq], want)
+                    .add(*t, p, &[seq], false)
                     .map_err(|e| EngineError::Model(format!("batch: {e}")))?;
             }
-            m::batch(WORKER, 1, self.batch.n_tokens());
+            m::batch(WORKER, "prefill", 1, self.batch.n_tokens());
             self.ctx
                 .decode(&mut self.batch)
                 .map_err(|e| EngineError::Model(format!("decode: {e}")))?;
-            last = self.batch.n_tokens() - 1;
         }
-        Ok(last)
+        Ok(())
     }
 
     /// Clears `seq`'s cache from position `from` on (all of it with `None`).
@@ -567,26 +574,81 @@ impl Scheduler<'_> {
         Some(slot)
     }
 
-    /// One prompt chunk for each prefilling sequence, each decoded alone.
+    /// The next prompt chunk of every prefilling sequence, batched: as many sequences per decode
+    /// as `n_batch` holds, each with exactly `prefill_chunk` positions. A sequence whose prompt
+    /// ends inside its chunk fills the rest with throw-away tokens after the prompt's end (causal
+    /// attention keeps them out of the prompt's numbers), which leave the cache right after the
+    /// decode. So a sequence's part of every prefill batch has one shape, alone or among others.
     fn prefill_step(&mut self) {
-        for i in 0..self.slots.len() {
-            let Some(slot) = &self.slots[i] else { continue };
-            let State::Prefill { .. } = slot.state else {
-                continue;
-            };
-            let (seq, fed) = (slot.seq, slot.fed);
-            let n = (slot.tokens.len() - fed).min(self.n_batch);
-            let chunk = slot.tokens[fed..fed + n].to_vec();
-            let last = fed + n == slot.tokens.len();
-            match self.decode_alone(seq, &chunk, fed, last) {
-                Ok(idx) => self.advance(i, idx),
-                Err(e) => {
-                    tracing::error!("prompt decode failed: {e}");
-                    if let Some(slot) = self.free(i) {
-                        m::sequence_ended(WORKER, "error");
-                        slot.reply.fail(e);
+        let chunk = self.prefill_chunk;
+        let prefilling: Vec<usize> = (0..self.slots.len())
+            .filter(|i| {
+                matches!(
+                    self.slots[*i],
+                    Some(Slot {
+                        state: State::Prefill { .. },
+                        ..
+                    })
+                )
+            })
+            .collect();
+        let per_decode = (self.n_batch / chunk).max(1);
+        for group in prefilling.chunks(per_decode) {
+            self.batch.clear();
+            // (slot, batch index of the last real token, where the padding starts, if any)
+            let mut planned: Vec<(usize, i32, Option<usize>)> = Vec::with_capacity(group.len());
+            for &i in group {
+                let Some(slot) = &self.slots[i] else { continue };
+                let (seq, fed) = (slot.seq, slot.fed);
+                let n = (slot.tokens.len() - fed).min(chunk);
+                let last = fed + n == slot.tokens.len();
+                let mut index = 0;
+                let mut added = true;
+                for j in 0..chunk {
+                    // Token 0 exists in every vocabulary; a pad token's output is never read.
+                    let (token, want) = if j < n {
+                        (slot.tokens[fed + j], last && j + 1 == n)
+                    } else {
+                        (LlamaToken(0), false)
+                    };
+                    if j + 1 == n {
+                        index = self.batch.n_tokens();
+                    }
+                    let pos = i32::try_from(fed + j).unwrap_or(i32::MAX);
+                    if self.batch.add(token, pos, &[seq], want).is_err() {
+                        added = false;
+                        break;
                     }
                 }
+                if !added {
+                    tracing::error!("a prompt chunk does not fit the batch; raise n_batch");
+                    break;
+                }
+                planned.push((i, index, (n < chunk).then_some(fed + n)));
+            }
+            if planned.is_empty() {
+                return;
+            }
+            m::batch(WORKER, "prefill", planned.len(), self.batch.n_tokens());
+            let result = self.ctx.decode(&mut self.batch);
+            for &(i, _, pad_from) in &planned {
+                if let (Some(from), Some(slot)) = (pad_from, &self.slots[i]) {
+                    let seq = slot.seq;
+                    self.clear(seq, u32::try_from(from).ok());
+                }
+            }
+            if let Err(e) = result {
+                tracing::error!(sequences = planned.len(), "prompt decode failed: {e}");
+                for (i, _, _) in planned {
+                    if let Some(slot) = self.free(i) {
+                        m::sequence_ended(WORKER, "error");
+                        slot.reply.fail(EngineError::Model(format!("decode: {e}")));
+                    }
+                }
+                continue;
+            }
+            for (i, index, _) in planned {
+                self.advance(i, index);
             }
         }
     }
@@ -628,7 +690,7 @@ impl Scheduler<'_> {
                 tracing::error!("the batch has no room for the pad token; raise n_batch");
             }
         }
-        m::batch(WORKER, planned.len(), self.batch.n_tokens());
+        m::batch(WORKER, "decode", planned.len(), self.batch.n_tokens());
         let result = self.ctx.decode(&mut self.batch);
         if padded {
             self.clear(pad, u32::try_from(pad_pos).ok());
@@ -658,7 +720,7 @@ impl Scheduler<'_> {
         };
         let next_state = match std::mem::replace(&mut slot.state, placeholder) {
             State::Prefill { task } => {
-                let n = (slot.tokens.len() - slot.fed).min(self.n_batch);
+                let n = (slot.tokens.len() - slot.fed).min(self.prefill_chunk);
                 slot.fed += n;
                 if slot.fed < slot.tokens.len() {
                     Some(State::Prefill { task })
