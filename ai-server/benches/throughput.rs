@@ -5,7 +5,8 @@
 //!
 //! Models: the tiny test models from `MUTR_MODEL_DIR` by default, or the files named by
 //! `MUTR_GEN_MODEL` and `MUTR_EMBED_MODEL`; `n_gpu_layers` offloads layers on a `cuda` build.
-//! `MUTR_BENCH_REQUESTS` sets the requests per concurrency level (default 48).
+//! `MUTR_BENCH_REQUESTS` sets the requests per concurrency level (default 48); `n_threads` the
+//! llama.cpp threads of each model worker (default: the server's, half the cores).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -210,7 +211,12 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(48)
         .max(ROUNDS);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as i32);
+    // llama.cpp threads per model worker: `n_threads` as the server reads it, else its default.
+    let threads = std::env::var("n_threads")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n: &i32| *n > 0)
+        .unwrap_or_else(mutr_ai_server::config::default_threads);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -99,7 +99,8 @@ pub struct ServeArgs {
     /// holds `n_ctx * parallel` tokens. Longer prompts lose their oldest text.
     #[arg(long = "n-ctx", env = "n_ctx", default_value_t = 2048)]
     pub n_ctx: u32,
-    /// CPU threads for llama.cpp (default: the CPUs available).
+    /// CPU threads of each model worker in llama.cpp (default: half the CPUs available, at least
+    /// one, so that the generative and the embedding worker do not contend for the same cores).
     #[arg(long = "n-threads", env = "n_threads")]
     pub n_threads: Option<i32>,
     /// Layers offloaded to the GPU (needs the `cuda` build).
@@ -155,11 +156,11 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The threads llama.cpp uses.
+    /// The threads llama.cpp uses in each model worker.
     pub fn threads(&self) -> i32 {
-        self.n_threads.filter(|n| *n > 0).unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(2, |n| i32::try_from(n.get()).unwrap_or(2))
-        })
+        self.n_threads
+            .filter(|n| *n > 0)
+            .unwrap_or_else(default_threads)
     }
 
     /// The embedding parallelism.
@@ -167,6 +168,14 @@ impl ServeArgs {
         self.embed_parallel
             .unwrap_or_else(|| self.parallel.next_power_of_two())
     }
+}
+
+/// Half the CPUs available, at least one: the generative and the embedding worker each get as
+/// many. Two workers with every CPU each made every llama.cpp barrier a futex wait on a 2-core
+/// machine: 3 requests/s at `--parallel 1` instead of 20 with one thread each (ai-server/README.md).
+pub fn default_threads() -> i32 {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    i32::try_from((cpus / 2).max(1)).unwrap_or(1)
 }
 
 /// `fetch-model` options.
