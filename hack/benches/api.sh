@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # API load bench (issue 5): the release `mutr-api serve` on loopback over a fresh database, driven
 # by api/benches/load.rs: write-heavy (100 users posting nodes) and mixed (200 users, one write to
-# four /viz reads), 30 s each, then /viz on a galaxy grown to 1,000,000 nodes. Baseline measured
+# four /viz reads), 30 s each, then /viz on a galaxy of 1,000,000 clustered nodes (replacing the
+# nodes the write phases stored, so that figure does not depend on them). Baseline measured
 # in the same run: pgbench single-row inserts into a table shaped like `nodes` (same columns,
 # defaults, checks and indexes) with the write-heavy client count.
 # Needs DATABASE_URL, REDIS_URL and pgbench (hack/bench.sh provides them).

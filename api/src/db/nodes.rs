@@ -304,7 +304,7 @@ pub struct Cube {
 
 /// The nodes inside `cube`, newest first, at most `limit`.
 ///
-/// The cube is searched first, through the GiST index, in a materialized CTE: otherwise a cached
+/// The cube is searched first, through the 3-D GiST index `nodes_xyz`, in a materialized CTE: otherwise a cached
 /// generic plan may walk the primary key backwards and filter, which reads most of a large galaxy
 /// when the cube is sparse. The cost then follows the number of nodes in the cube.
 pub async fn in_cube(
@@ -316,9 +316,9 @@ pub async fn in_cube(
         NodeRow,
         r#"WITH inside AS MATERIALIZED (
             SELECT id FROM nodes
-            WHERE point(x, y) <@ box(point($1::float8 - $4::float8, $2::float8 - $4::float8),
-                                     point($1::float8 + $4::float8, $2::float8 + $4::float8))
-              AND z BETWEEN $3::float8 - $4::float8 AND $3::float8 + $4::float8
+            WHERE cube(ARRAY[x, y, z]) <@ cube(
+                ARRAY[$1::float8 - $4::float8, $2::float8 - $4::float8, $3::float8 - $4::float8],
+                ARRAY[$1::float8 + $4::float8, $2::float8 + $4::float8, $3::float8 + $4::float8])
         ),
         newest AS (SELECT id FROM inside ORDER BY id DESC LIMIT $5)
         SELECT n.id, n.content, u.nickname AS author_nickname, n.topic, n.emotion, n.mutation_filter,
@@ -707,7 +707,7 @@ mod tests {
         let plan: Vec<String> = sqlx::query_scalar(
             "EXPLAIN WITH inside AS MATERIALIZED (
                 SELECT id FROM nodes
-                WHERE point(x, y) <@ box(point(-10, -10), point(10, 10)) AND z BETWEEN -10 AND 10
+                WHERE cube(ARRAY[x, y, z]) <@ cube(ARRAY[-10, -10, -10]::float8[], ARRAY[10, 10, 10]::float8[])
              ),
              newest AS (SELECT id FROM inside ORDER BY id DESC LIMIT 5000)
              SELECT n.id FROM newest JOIN nodes n ON n.id = newest.id ORDER BY n.id DESC",
@@ -716,6 +716,6 @@ mod tests {
         .await
         .unwrap();
         let plan = plan.join("\n");
-        assert!(plan.contains("nodes_xy"), "{plan}");
+        assert!(plan.contains("nodes_xyz"), "{plan}");
     }
 }
