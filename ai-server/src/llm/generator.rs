@@ -654,46 +654,70 @@ impl Scheduler<'_> {
     }
 
     /// One token for every decoding sequence, in one batch.
+    ///
+    /// llama.cpp's cache with one stream per sequence computes a batch as one unit only when its
+    /// sequence ids are consecutive (it splits the rest into several computations, each with its
+    /// own graph), and attends over every stream from the lowest id in the unit to the highest.
+    /// So the gaps between decoding sequences (free slots, sequences still prefilling) get a
+    /// throw-away token each, removed right after; and a lone sequence gets its next neighbour,
+    /// so that no step is a single token (see the type's comment).
     fn decode_step(&mut self) {
-        self.batch.clear();
-        let mut planned: Vec<(usize, i32)> = Vec::new();
+        // (slot, token, position) of every decoding sequence, by sequence id.
+        let mut wanted: Vec<(usize, LlamaToken, usize)> = Vec::new();
         for (i, slot) in self.slots.iter().enumerate() {
             let Some(slot) = slot else { continue };
-            let (token, pos) = match &slot.state {
-                State::Prefill { .. } => continue,
-                State::Generate { next, .. } => (*next, slot.fed),
+            match &slot.state {
+                State::Prefill { .. } => {}
+                State::Generate { next, .. } => wanted.push((i, *next, slot.fed)),
                 State::Score {
                     candidates,
                     current,
                     j,
                     ..
-                } => (candidates[*current][*j], slot.fed + j),
-            };
-            let index = self.batch.n_tokens();
-            let pos = i32::try_from(pos).unwrap_or(i32::MAX);
-            if self.batch.add(token, pos, &[slot.seq], true).is_ok() {
-                planned.push((i, index));
+                } => wanted.push((i, candidates[*current][*j], slot.fed + j)),
             }
         }
-        if planned.is_empty() {
+        let (Some(&(lo, ..)), Some(&(last, ..))) = (wanted.first(), wanted.last()) else {
             return;
-        }
-        // A lone sequence gets a throw-away neighbour so that the batch keeps the shape it has
-        // among others (see the type's comment).
-        let pad = self.prefixes[0].seq;
-        let pad_pos = self.prefixes[0].tokens.len();
-        let padded = planned.len() == 1;
-        if padded {
-            // Token 0 exists in every vocabulary (BOS may be -1); its output is never read.
-            let pos = i32::try_from(pad_pos).unwrap_or(i32::MAX);
-            if self.batch.add(LlamaToken(0), pos, &[pad], false).is_err() {
-                tracing::error!("the batch has no room for the pad token; raise n_batch");
+        };
+        // The next sequence id is a slot or the first prefix holder (id `parallel`).
+        let hi = if wanted.len() == 1 { last + 1 } else { last };
+        self.batch.clear();
+        let mut planned: Vec<(usize, i32)> = Vec::with_capacity(wanted.len());
+        let mut pads: Vec<(i32, usize)> = Vec::new();
+        let mut next = wanted.iter().copied().peekable();
+        for id in lo..=hi {
+            let seq = i32::try_from(id).unwrap_or(i32::MAX);
+            let index = self.batch.n_tokens();
+            let added = match next.next_if(|w| w.0 == id) {
+                Some((i, token, pos)) => {
+                    let pos = i32::try_from(pos).unwrap_or(i32::MAX);
+                    let ok = self.batch.add(token, pos, &[seq], true).is_ok();
+                    if ok {
+                        planned.push((i, index));
+                    }
+                    ok
+                }
+                None => {
+                    // Token 0 exists in every vocabulary (BOS may be -1); its output is never read.
+                    let pos = self.next_position(id);
+                    let p = i32::try_from(pos).unwrap_or(i32::MAX);
+                    let ok = self.batch.add(LlamaToken(0), p, &[seq], false).is_ok();
+                    if ok {
+                        pads.push((seq, pos));
+                    }
+                    ok
+                }
+            };
+            if !added {
+                tracing::error!("the batch has no room for a decode step; raise n_batch");
+                break;
             }
         }
         m::batch(WORKER, "decode", planned.len(), self.batch.n_tokens());
         let result = self.ctx.decode(&mut self.batch);
-        if padded {
-            self.clear(pad, u32::try_from(pad_pos).ok());
+        for (seq, pos) in pads {
+            self.clear(seq, u32::try_from(pos).ok());
         }
         if let Err(e) = result {
             tracing::error!(sequences = planned.len(), "decode failed: {e}");
@@ -707,6 +731,18 @@ impl Scheduler<'_> {
         }
         for (i, index) in planned {
             self.advance(i, index);
+        }
+    }
+
+    /// Where the next token of sequence `id` goes: after what its stream holds.
+    fn next_position(&self, id: usize) -> usize {
+        match self.slots.get(id) {
+            Some(Some(slot)) => slot.fed,
+            Some(None) => 0,
+            None => self
+                .prefixes
+                .get(id - self.slots.len())
+                .map_or(0, |p| p.tokens.len()),
         }
     }
 
