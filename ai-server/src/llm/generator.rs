@@ -387,9 +387,9 @@ struct Scheduler<'m> {
 /// the same way whatever else is in the batch only when the batch has the same shape per
 /// sequence. So a prefill decode gives every sequence exactly `prefill_chunk` positions (its
 /// chunks depend only on its prompt), and every decode step carries exactly one token per
-/// sequence and at least two tokens in all (a throw-away token in a prefix sequence's stream when
-/// only one sequence is decoding). Greedy output is then the same alone or among any number of
-/// others, which a test checks.
+/// sequence and at least two tokens in all (a throw-away token in the next sequence's stream when
+/// only one sequence is decoding; see [`Scheduler::decode_step`]). Greedy output is then the same
+/// alone or among any number of others, which a test checks.
 impl Scheduler<'_> {
     fn run(&mut self) {
         loop {
