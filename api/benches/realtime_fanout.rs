@@ -93,15 +93,7 @@ async fn realtime_run(subscribers: usize, events: usize) -> Outcome {
     let realtime = Realtime::start(args, None, shutdown.clone())
         .await
         .expect("realtime");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = realtime.router();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    let addr = serve(realtime.router(), &shutdown).await;
     let start = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..subscribers {
@@ -160,18 +152,24 @@ async fn forward(mut socket: WebSocket, mut rx: broadcast::Receiver<Arc<str>>) {
     }
 }
 
-async fn baseline_run(subscribers: usize, events: usize) -> Outcome {
-    let (tx, _) = broadcast::channel::<Arc<str>>(events.max(256) * 2);
-    let router = Router::new().route("/ws", get(bare)).with_state(tx.clone());
+/// Serves `router` on a free loopback port until `shutdown` is cancelled.
+async fn serve(router: Router, shutdown: &CancellationToken) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
     });
+    addr
+}
+
+async fn baseline_run(subscribers: usize, events: usize) -> Outcome {
+    let (tx, _) = broadcast::channel::<Arc<str>>(events.max(256) * 2);
+    let router = Router::new().route("/ws", get(bare)).with_state(tx.clone());
+    let shutdown = CancellationToken::new();
+    let addr = serve(router, &shutdown).await;
     let start = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..subscribers {

@@ -33,12 +33,8 @@ impl FromRequestParts<AppState> for AuthUser {
         if let Some(token) = bearer(parts) {
             return member(state, token).await.map(AuthUser);
         }
-        let guest_token = parts
-            .headers
-            .get(GUEST_TOKEN_HEADER)
-            .and_then(|v| v.to_str().ok());
-        if let Some(token) = guest_token {
-            return users::find_guest(&state.db, &guest::hash(token.trim()))
+        if let Some(token) = guest_token(parts) {
+            return users::find_guest(&state.db, &guest::hash(token))
                 .await?
                 .map(AuthUser)
                 .ok_or_else(|| ApiError::Unauthorized("unknown guest token".to_owned()));
@@ -71,14 +67,10 @@ impl FromRequestParts<AppState> for Author {
                 guest_token_hash: None,
             });
         }
-        let Some(token) = parts
-            .headers
-            .get(GUEST_TOKEN_HEADER)
-            .and_then(|v| v.to_str().ok())
-        else {
+        let Some(token) = guest_token(parts) else {
             return Err(ApiError::Unauthorized("authentication required".to_owned()));
         };
-        let hash = guest::hash(token.trim());
+        let hash = guest::hash(token);
         let user = match state.guest_cache.get(&hash) {
             Some(user) => user,
             None => {
@@ -106,6 +98,15 @@ fn bearer(parts: &Parts) -> Option<&str> {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
+        .map(str::trim)
+}
+
+/// The token of `X-Guest-Token`.
+fn guest_token(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(GUEST_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
         .map(str::trim)
 }
 

@@ -413,13 +413,7 @@ mod tests {
         assert_eq!(child.parent, Some((None, AnalysisStatus::Pending)));
         assert_eq!(child.context.full_context, "root\nchild");
 
-        sqlx::query!(
-            "UPDATE nodes SET topic = 'done', analysis_status = 'COMPLETED' WHERE id = $1",
-            child.id
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
+        complete(&pool, child.id).await;
         let grandchild = add(&pool, a, "grandchild", Some(child.id), (0.0, 0.0, 0.0)).await;
         assert_eq!(grandchild.root_id, root.id);
         assert_eq!(
@@ -480,6 +474,17 @@ mod tests {
         }
     }
 
+    /// Marks node `id` analysed, with the topic `done`.
+    async fn complete(pool: &PgPool, id: i64) {
+        sqlx::query!(
+            "UPDATE nodes SET topic = 'done', analysis_status = 'COMPLETED' WHERE id = $1",
+            id
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
     async fn count(pool: &PgPool) -> i64 {
         sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM nodes"#)
             .fetch_one(pool)
@@ -499,13 +504,7 @@ mod tests {
         let a = author(&pool).await;
         let root = add(&pool, a, "root", None, (0.0, 0.0, 0.0)).await;
         let child = add(&pool, a, "child", Some(root.id), (0.0, 0.0, 0.0)).await;
-        sqlx::query!(
-            "UPDATE nodes SET topic = 'done', analysis_status = 'COMPLETED' WHERE id = $1",
-            child.id
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
+        complete(&pool, child.id).await;
         let long = "가".repeat(498);
         let batch = [
             new_node("new root", a, None, None),
