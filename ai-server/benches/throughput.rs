@@ -1,18 +1,22 @@
 //! Throughput of `AnalyzeNode` under concurrency: the same requests at 1, 4, 8 and 16 concurrent
 //! clients against a server started with `--parallel 1` (the old one-at-a-time server, the
-//! baseline) and one with `--parallel 8`, in one run. Prints requests/s, p50 and p95 latency and
-//! the ratio between the two servers.
+//! baseline), one with `--parallel 8` (one generative context) and one with `--parallel 8
+//! --gen-contexts 2` (the eight sequences over two contexts), in one run. Prints requests/s, p50
+//! and p95 latency and each batched server's ratio to the baseline.
 //!
 //! Models: the tiny test models from `MUTR_MODEL_DIR` by default, or the files named by
 //! `MUTR_GEN_MODEL` and `MUTR_EMBED_MODEL`; `n_gpu_layers` offloads layers on a `cuda` build.
 //! `MUTR_BENCH_REQUESTS` sets the requests per concurrency level (default 48); `n_threads` the
-//! llama.cpp threads of each model worker (default: the server's, half the cores).
+//! llama.cpp threads of each model (default: the server's, half the cores);
+//! `MUTR_BENCH_GEN_CONTEXTS` the contexts of the third server (default 2).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::model_files;
 use mutr_ai_server::llm::{EmbedSettings, GenSettings, LoadedModel};
-use mutr_ai_server::models::{self, Manifest};
+use mutr_ai_server::models;
 use mutr_ai_server::server::{self, ModelSource, ServerConfig};
 use mutr_ai_server::service::Limits;
 use mutr_proto::{AnalysisRequest, AnalysisServiceClient};
@@ -66,33 +70,18 @@ fn requests(n: usize) -> Vec<AnalysisRequest> {
         .collect()
 }
 
-fn model_files() -> (PathBuf, PathBuf) {
-    // Explicit files (a GPU run with the production models) win over the tiny ones.
-    if let (Some(g), Some(e)) = (
-        std::env::var_os("MUTR_GEN_MODEL"),
-        std::env::var_os("MUTR_EMBED_MODEL"),
-    ) {
-        return (PathBuf::from(g), PathBuf::from(e));
-    }
-    let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("MUTR_MODEL_DIR").filter(|d| !d.is_empty()) {
-        dirs.push(PathBuf::from(d));
-    }
-    dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
-    dirs.push(models::default_cache_dir());
-    let r = models::resolve(&Manifest::builtin(), Some("tiny"), None, None, &dirs).expect(
-        "tiny models (set MUTR_MODEL_DIR or run `mutr-ai-server fetch-model --profile tiny`)",
-    );
-    (r.generate, r.embed)
-}
-
 struct Server {
     client: AnalysisServiceClient<tonic::transport::Channel>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
 }
 
-async fn start(parallel: u32, models: &(LoadedModel, LoadedModel), threads: i32) -> Server {
+async fn start(
+    parallel: u32,
+    contexts: u32,
+    models: &(LoadedModel, LoadedModel),
+    threads: i32,
+) -> Server {
     let config = ServerConfig {
         models: ModelSource::Loaded {
             generate: models.0.clone(),
@@ -102,7 +91,9 @@ async fn start(parallel: u32, models: &(LoadedModel, LoadedModel), threads: i32)
             parallel,
             n_ctx: 1024,
             n_batch: 512,
-            n_threads: threads,
+            // The model's threads are divided among its contexts, at least one each.
+            n_threads: threads * i32::try_from(contexts).unwrap_or(1),
+            contexts,
         },
         embed: EmbedSettings {
             parallel: parallel.next_power_of_two(),
@@ -217,6 +208,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .filter(|n: &i32| *n > 0)
         .unwrap_or_else(mutr_ai_server::config::default_threads);
+    let contexts: u32 = std::env::var("MUTR_BENCH_GEN_CONTEXTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -232,13 +228,18 @@ fn main() {
         })
         .await
         .unwrap();
-        // Both servers run side by side and are measured in turns, round after round, so that
-        // load from elsewhere on the machine falls on both alike.
-        let servers = [start(1, &loaded, threads).await, start(8, &loaded, threads).await];
-        let mut base = Vec::new();
-        let mut batched = Vec::new();
+        // The servers run side by side and are measured in turns, round after round, so that
+        // load from elsewhere on the machine falls on all alike.
+        let servers = [
+            start(1, 1, &loaded, threads).await,
+            start(8, 1, &loaded, threads).await,
+            start(8, contexts, &loaded, threads).await,
+        ];
+        // results[level][server]
+        let mut results: Vec<Vec<Run>> = Vec::new();
         for &clients in &LEVELS {
-            let mut totals = [(Duration::ZERO, Vec::new()), (Duration::ZERO, Vec::new())];
+            let mut totals: Vec<(Duration, Vec<Duration>)> =
+                servers.iter().map(|_| (Duration::ZERO, Vec::new())).collect();
             for _ in 0..ROUNDS {
                 for (i, s) in servers.iter().enumerate() {
                     let (elapsed, latencies) = run_level(&s.client, clients, per_level / ROUNDS).await;
@@ -247,9 +248,7 @@ fn main() {
                 }
             }
             let n = (per_level / ROUNDS) * ROUNDS;
-            let [t1, t8] = totals;
-            base.push(summarise(n, t1.0, t1.1));
-            batched.push(summarise(n, t8.0, t8.1));
+            results.push(totals.into_iter().map(|(t, l)| summarise(n, t, l)).collect());
         }
         for s in servers {
             let _ = s.stop.send(());
@@ -257,23 +256,32 @@ fn main() {
         }
         println!();
         println!(
-            "ai-server AnalyzeNode, models {} + {}, {per_level} requests per level, {threads} llama.cpp threads",
+            "ai-server AnalyzeNode, models {} + {}, {per_level} requests per level, \
+             {threads} llama.cpp threads per model context. p1: --parallel 1 (baseline); \
+             p8: --parallel 8; p8x{contexts}: --parallel 8 --gen-contexts {contexts}",
             loaded.0.path().file_name().unwrap().to_string_lossy(),
             loaded.1.path().file_name().unwrap().to_string_lossy()
         );
         println!(
-            "| clients | --parallel 8 req/s | --parallel 1 req/s (baseline) | ratio | p50 p8 / p1 | p95 p8 / p1 |"
+            "| clients | p8x{contexts} req/s | p8 req/s | p1 req/s | p8x{contexts} / p1 | p8 / p1 \
+             | p50 p8x{contexts} / p8 / p1 | p95 p8x{contexts} / p8 / p1 |"
         );
-        println!("|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|");
         for (i, clients) in LEVELS.iter().enumerate() {
-            let (b, p) = (&base[i], &batched[i]);
+            let [b, p, x] = &results[i][..] else {
+                unreachable!("three servers")
+            };
             println!(
-                "| {clients} | {:.1} | {:.1} | {:.2}x | {} / {} | {} / {} |",
+                "| {clients} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {} / {} / {} | {} / {} / {} |",
+                x.rps,
                 p.rps,
                 b.rps,
+                x.rps / b.rps,
                 p.rps / b.rps,
+                ms(x.p50),
                 ms(p.p50),
                 ms(b.p50),
+                ms(x.p95),
                 ms(p.p95),
                 ms(b.p95)
             );

@@ -67,6 +67,7 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             n_ctx: args.n_ctx,
             n_batch: args.n_batch,
             n_threads: threads,
+            contexts: args.gen_contexts,
         },
         embed: EmbedSettings {
             parallel: args.embed_parallel(),

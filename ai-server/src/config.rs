@@ -91,6 +91,12 @@ pub struct ServeArgs {
     /// one-at-a-time server.
     #[arg(long, env = "MUTR_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=254))]
     pub parallel: u32,
+    /// llama contexts of the generative model, each on its own thread with its share of the
+    /// `--parallel` sequences (at most `--parallel`; `n_threads` is divided among them). 1 keeps
+    /// every sequence in one batch, best for large models and GPUs; on a CPU with a small model,
+    /// where batching shares little of a token's cost, one context per core gives more.
+    #[arg(long, env = "MUTR_GEN_CONTEXTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub gen_contexts: u32,
     /// Texts embedded in one decode; a power of two (llama.cpp aborts on others with MEAN
     /// pooling). Default: `--parallel` rounded up to a power of two.
     #[arg(long, env = "MUTR_EMBED_PARALLEL")]
@@ -222,6 +228,7 @@ mod tests {
         assert_eq!(s.port, 50051);
         assert_eq!(s.metrics_addr, "0.0.0.0:9090".parse().unwrap());
         assert_eq!(s.parallel, 4);
+        assert_eq!(s.gen_contexts, 1);
         assert_eq!(s.embed_parallel(), 4);
         let cli = Cli::try_parse_from(["mutr-ai-server", "serve", "--parallel", "3"]).unwrap();
         let Command::Serve(s) = cli.command else {

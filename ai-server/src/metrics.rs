@@ -32,6 +32,8 @@ pub const BATCH_TOKENS: &str = "mutr_ai_batch_tokens";
 pub const GENERATED_TOKENS: &str = "mutr_ai_generated_tokens_total";
 /// Sequences ended, by worker and outcome (`done`, `cancelled`, `deadline`, `error`).
 pub const SEQUENCES_ENDED: &str = "mutr_ai_sequences_ended_total";
+/// Sequences started, by generative context (`context`, from 0; see `--gen-contexts`).
+pub const CONTEXT_SEQUENCES: &str = "mutr_ai_context_sequences_total";
 /// Result cache lookups that hit.
 pub const CACHE_HITS: &str = "mutr_ai_cache_hits_total";
 /// Result cache lookups that missed.
@@ -80,6 +82,10 @@ pub(crate) fn batch(worker: &'static str, phase: &'static str, sequences: usize,
         .record(sequences as f64);
     metrics::histogram!(BATCH_TOKENS, "worker" => worker, "phase" => phase)
         .record(f64::from(tokens));
+}
+
+pub(crate) fn context_sequence(context: usize) {
+    metrics::counter!(CONTEXT_SEQUENCES, "context" => context.to_string()).increment(1);
 }
 
 pub(crate) fn generated_tokens(n: u64) {

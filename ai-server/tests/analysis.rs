@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mutr_ai_server::server::ModelSource;
-use mutr_proto::AnalysisRequest;
+use mutr_proto::{AnalysisRequest, AnalysisResponse, AnalysisServiceClient};
 use tonic::Code;
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -191,16 +192,6 @@ async fn greedy_output_does_not_depend_on_the_batch() {
         })
         .collect();
 
-    let serial = TestServer::start(Opts {
-        parallel: 1,
-        ..Opts::default()
-    })
-    .await;
-    let alone_serial = analyze(&mut serial.client().await, probe.clone())
-        .await
-        .unwrap();
-    serial.stop().await.unwrap();
-
     let server = TestServer::start(Opts {
         parallel: 8,
         ..Opts::default()
@@ -211,40 +202,9 @@ async fn greedy_output_does_not_depend_on_the_batch() {
     // Rounds 0 and 1: the probe joins while the others are decoding. Round 2: the probe comes in
     // the same burst as the others, so its prompt chunks share prefill batches with theirs.
     for round in 0..3 {
-        let mut tasks = Vec::new();
-        if round == 2 {
-            let mut c = client.clone();
-            let probe = probe.clone();
-            tasks.push(tokio::spawn(async move {
-                (usize::MAX, analyze(&mut c, probe).await)
-            }));
-        }
-        for (i, other) in others.iter().enumerate() {
-            let mut c = client.clone();
-            let other = other.clone();
-            tasks.push(tokio::spawn(
-                async move { (i, analyze(&mut c, other).await) },
-            ));
-            if round < 2 && i == 3 + round {
-                let mut c = client.clone();
-                let probe = probe.clone();
-                tasks.push(tokio::spawn(async move {
-                    (usize::MAX, analyze(&mut c, probe).await)
-                }));
-            }
-        }
-        let mut batched = None;
-        for t in tasks {
-            let (i, r) = t.await.unwrap();
-            let r = r.unwrap();
-            assert_in_range(&r);
-            if i == usize::MAX {
-                batched = Some(r);
-            }
-        }
-        assert_eq!(batched.unwrap(), alone, "round {round}: among 8 others");
+        let batched = among_others(&client, &probe, &others, round).await;
+        assert_eq!(batched, alone, "round {round}: among 8 others");
     }
-    assert_eq!(alone, alone_serial, "--parallel 8 alone vs --parallel 1");
     let text = server.metrics_text().await;
     for phase in ["prefill", "decode"] {
         let labels = format!("{{worker=\"generate\",phase=\"{phase}\"}}");
@@ -256,6 +216,70 @@ async fn greedy_output_does_not_depend_on_the_batch() {
         );
     }
     server.stop().await.unwrap();
+
+    // The same eight sequences over two contexts: whichever context a request lands in, and
+    // whatever shares it, the answer is the one given alone.
+    let split = TestServer::start(Opts {
+        parallel: 8,
+        gen_contexts: 2,
+        ..Opts::default()
+    })
+    .await;
+    let client = split.client().await;
+    for round in [0, 2] {
+        let batched = among_others(&client, &probe, &others, round).await;
+        assert_eq!(
+            batched, alone,
+            "two contexts, round {round}: among 8 others"
+        );
+    }
+    let text = split.metrics_text().await;
+    for context in ["0", "1"] {
+        let started = metric(
+            &text,
+            &format!("mutr_ai_context_sequences_total{{context=\"{context}\"}}"),
+        );
+        assert!(
+            started >= 4.0,
+            "context {context} took work: {started}\n{text}"
+        );
+    }
+    split.stop().await.unwrap();
+}
+
+/// Sends `others` at once with `probe` among them (round 0 and 1: after the fourth and fifth
+/// other, so it joins while they decode; round 2: first, in the same burst) and returns the
+/// probe's answer; every answer must be in range.
+async fn among_others(
+    client: &AnalysisServiceClient<Channel>,
+    probe: &AnalysisRequest,
+    others: &[AnalysisRequest],
+    round: usize,
+) -> AnalysisResponse {
+    let mut tasks = Vec::new();
+    let send = |request: AnalysisRequest, i: usize| {
+        let mut c = client.clone();
+        tokio::spawn(async move { (i, analyze(&mut c, request).await) })
+    };
+    if round == 2 {
+        tasks.push(send(probe.clone(), usize::MAX));
+    }
+    for (i, other) in others.iter().enumerate() {
+        tasks.push(send(other.clone(), i));
+        if round < 2 && i == 3 + round {
+            tasks.push(send(probe.clone(), usize::MAX));
+        }
+    }
+    let mut batched = None;
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        let r = r.unwrap();
+        assert_in_range(&r);
+        if i == usize::MAX {
+            batched = Some(r);
+        }
+    }
+    batched.expect("the probe was sent")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,9 +97,11 @@ pub(super) fn spawn(
     settings: EmbedSettings,
 ) -> Result<(mpsc::UnboundedSender<EmbedJob>, JoinHandle<()>), LoadError> {
     settings.validate()?;
-    super::spawn_worker(WORKER, move |rx, ready| {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let thread = super::spawn_worker(WORKER, WORKER.to_owned(), rx, move |rx, ready| {
         run(backend, &model, &settings, rx, ready)
-    })
+    })?;
+    Ok((tx, thread))
 }
 
 fn run(

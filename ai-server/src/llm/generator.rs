@@ -1,4 +1,4 @@
-//! The generative model's worker: continuous batching of topic generation and emotion scoring.
+//! The generative model's workers: continuous batching of topic generation and emotion scoring.
 //!
 //! One llama context holds up to `parallel` sequences, each with its own KV cache stream
 //! (`kv_unified = false`, so a sequence's attention never sees another's cells and its greedy
@@ -8,6 +8,12 @@
 //! one padded), then builds one batch holding exactly the next token of every decoding sequence,
 //! decodes it once, and moves every sequence on from its logits. A sequence's KV cache is cleared
 //! the moment it ends, so the next job can start on the next turn.
+//!
+//! `contexts` above 1 splits the sequences over that many contexts of the same loaded model, each
+//! on its own thread with the same loop, all fed from one queue: a worker takes a job only when it
+//! has a free sequence. That is for small models on CPUs, where a token's cost is mostly attention
+//! over llama.cpp's 256-cell minimum window and cannot be shared by batching, and where llama.cpp's
+//! threads are too fine-grained to help (ai-server/README.md has the measurements).
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -22,7 +28,10 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::vocab::VocabType;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::oneshot;
 
 use super::LoadError;
 use crate::analysis::emotion::log_prob;
@@ -39,14 +48,17 @@ pub struct GenSettings {
     pub n_ctx: u32,
     /// Most tokens in one decode (`n_batch`).
     pub n_batch: u32,
-    /// CPU threads for llama.cpp (`n_threads`).
+    /// CPU threads for llama.cpp (`n_threads`), divided among the contexts (at least one each).
     pub n_threads: i32,
+    /// llama contexts the sequences are spread over, each on its own thread (`--gen-contexts`);
+    /// at most `parallel`.
+    pub contexts: u32,
 }
 
 impl GenSettings {
-    /// Checks what llama.cpp would otherwise abort on. The context holds two more sequences than
-    /// `parallel` (the shared prompt starts), llama.cpp allows 256 sequences, and it asserts
-    /// that a batch has room for one output per sequence (`n_batch >= sequences`).
+    /// Checks what llama.cpp would otherwise abort on. A context holds two more sequences than
+    /// its share of `parallel` (the shared prompt starts), llama.cpp allows 256 sequences, and it
+    /// asserts that a batch has room for one output per sequence (`n_batch >= sequences`).
     pub fn validate(&self) -> Result<(), LoadError> {
         if self.parallel == 0 || self.parallel > 254 {
             return Err(LoadError::Settings(format!(
@@ -60,14 +72,37 @@ impl GenSettings {
                 self.n_ctx
             )));
         }
-        if self.n_batch < self.parallel + 2 {
+        if self.contexts == 0 {
+            return Err(LoadError::Settings(
+                "gen-contexts must be at least 1".into(),
+            ));
+        }
+        let most = self.sequences(0);
+        if self.n_batch < most + 2 {
             return Err(LoadError::Settings(format!(
-                "n_batch ({}) must be at least parallel + 2 ({})",
+                "n_batch ({}) must be at least the sequences of one context + 2 ({})",
                 self.n_batch,
-                self.parallel + 2
+                most + 2
             )));
         }
         Ok(())
+    }
+
+    /// Contexts actually made: at most one per sequence, so `--parallel 1` stays one at a time.
+    pub fn contexts(&self) -> u32 {
+        self.contexts.clamp(1, self.parallel.max(1))
+    }
+
+    /// Sequences of context `c`: `parallel` shared out as evenly as possible.
+    pub fn sequences(&self, c: u32) -> u32 {
+        let k = self.contexts();
+        self.parallel / k + u32::from(c < self.parallel % k)
+    }
+
+    /// llama.cpp threads of each context.
+    fn threads_per_context(&self) -> i32 {
+        let k = i32::try_from(self.contexts()).unwrap_or(1);
+        (self.n_threads / k).max(1)
     }
 
     /// Prompt positions each sequence gets in one prefill decode: [`PREFILL_CHUNK`], or less
@@ -139,29 +174,70 @@ impl GenJob {
 
 const WORKER: &str = "generate";
 
-/// Starts the worker thread and waits until its context exists.
+/// Starts one worker thread per context and waits until every context exists. The workers share
+/// the returned queue; they stop once it is closed and empty and their sequences have ended.
 pub(super) fn spawn(
     backend: &'static LlamaBackend,
     model: Arc<LlamaModel>,
     settings: GenSettings,
-) -> Result<(mpsc::UnboundedSender<GenJob>, JoinHandle<()>), LoadError> {
+) -> Result<(Sender<GenJob>, Vec<JoinHandle<()>>), LoadError> {
     settings.validate()?;
-    super::spawn_worker(WORKER, move |rx, ready| {
-        run(backend, &model, &settings, rx, ready)
-    })
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let k = settings.contexts();
+    let active: Arc<[AtomicUsize]> = (0..k).map(|_| AtomicUsize::new(0)).collect();
+    let mut threads = Vec::new();
+    for c in 0..k {
+        let worker = Worker {
+            index: c as usize,
+            parallel: settings.sequences(c),
+            active: Arc::clone(&active),
+        };
+        let name = if k == 1 {
+            WORKER.to_owned()
+        } else {
+            format!("{WORKER}-{c}")
+        };
+        let (model, settings) = (Arc::clone(&model), settings.clone());
+        let started = super::spawn_worker(WORKER, name, rx.clone(), move |rx, ready| {
+            run(backend, &model, &settings, &worker, rx, ready);
+        });
+        match started {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                // The workers already started stop once the queue is closed.
+                drop(tx);
+                for t in threads {
+                    drop(t.join());
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok((tx, threads))
+}
+
+/// Which of the contexts a worker runs, and what it shares with the others.
+struct Worker {
+    index: usize,
+    /// Sequences of this context.
+    parallel: u32,
+    /// Running sequences of every context, for the gauge.
+    active: Arc<[AtomicUsize]>,
 }
 
 fn run(
     backend: &LlamaBackend,
     model: &LlamaModel,
     settings: &GenSettings,
-    rx: mpsc::UnboundedReceiver<GenJob>,
+    worker: &Worker,
+    rx: Receiver<GenJob>,
     ready: std::sync::mpsc::Sender<Result<(), LoadError>>,
 ) {
     let n_ctx_seq = settings.n_ctx.min(model.n_ctx_train().max(64));
     let n_batch = settings.n_batch.max(1);
-    // Two more sequences than `parallel`: the shared prompt starts (one per task kind).
-    let n_seq = settings.parallel + 2;
+    let threads = settings.threads_per_context();
+    // Two more sequences than this context's share: the shared prompt starts (one per task kind).
+    let n_seq = worker.parallel + 2;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx_seq * n_seq))
         .with_n_batch(n_batch)
@@ -169,8 +245,8 @@ fn run(
         .with_n_seq_max(n_seq)
         .with_kv_unified(false)
         .with_flash_attention_policy(FLASH_ATTN_DISABLED)
-        .with_n_threads(settings.n_threads)
-        .with_n_threads_batch(settings.n_threads);
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
     let ctx = match model.new_context(backend, params) {
         Ok(ctx) => ctx,
         Err(e) => {
@@ -184,7 +260,9 @@ fn run(
     let n_ctx_seq = (ctx.n_ctx() / n_seq).min(n_ctx_seq) as usize;
     let prompts = PromptBuilder::new(model);
     tracing::info!(
-        parallel = settings.parallel,
+        context = worker.index,
+        parallel = worker.parallel,
+        threads,
         n_ctx_seq,
         n_batch,
         chat_template = prompts.template.is_some(),
@@ -192,7 +270,7 @@ fn run(
     );
     drop(ready.send(Ok(())));
     let holder = |k: u32| Prefix {
-        seq: i32::try_from(settings.parallel + k).unwrap_or(i32::MAX),
+        seq: i32::try_from(worker.parallel + k).unwrap_or(i32::MAX),
         tokens: Vec::new(),
     };
     let mut scheduler = Scheduler {
@@ -200,8 +278,9 @@ fn run(
         model,
         prompts,
         rx,
+        worker,
         waiting: VecDeque::new(),
-        slots: (0..settings.parallel).map(|_| None).collect(),
+        slots: (0..worker.parallel).map(|_| None).collect(),
         prefixes: [holder(0), holder(1)],
         batch: LlamaBatch::new(n_batch as usize, 1),
         n_batch: n_batch as usize,
@@ -209,7 +288,7 @@ fn run(
         n_ctx_seq,
     };
     scheduler.run();
-    tracing::info!("generative worker stopped");
+    tracing::info!(context = worker.index, "generative worker stopped");
 }
 
 /// Turns a [`Prompt`] into tokens that fit the context, through the model's chat template when
@@ -371,7 +450,10 @@ struct Scheduler<'m> {
     ctx: LlamaContext<'m>,
     model: &'m LlamaModel,
     prompts: PromptBuilder<'m>,
-    rx: mpsc::UnboundedReceiver<GenJob>,
+    /// The queue shared by every context's worker.
+    rx: Receiver<GenJob>,
+    worker: &'m Worker,
+    /// Jobs taken from the queue, admitted on this turn (never more than the free sequences).
     waiting: VecDeque<GenJob>,
     slots: Vec<Option<Slot>>,
     /// One per task kind: topic prompts, emotion prompts.
@@ -395,38 +477,64 @@ impl Scheduler<'_> {
         loop {
             let idle = self.slots.iter().all(Option::is_none) && self.waiting.is_empty();
             if idle {
-                match self.rx.blocking_recv() {
-                    Some(job) => self.waiting.push_back(job),
-                    None => return,
+                self.worker.active[self.worker.index].store(0, Ordering::Relaxed);
+                // Closed and empty: the server is stopping and nothing is left to do.
+                match self.rx.recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(_) => return,
                 }
             }
-            while let Ok(job) = self.rx.try_recv() {
-                self.waiting.push_back(job);
-            }
             self.drop_abandoned();
+            self.take_jobs();
             self.admit();
-            m::queue_depth(WORKER, self.waiting.len());
-            m::active_sequences(WORKER, self.slots.iter().flatten().count());
+            let running = self.slots.iter().flatten().count();
+            self.worker.active[self.worker.index].store(running, Ordering::Relaxed);
+            m::queue_depth(WORKER, self.rx.len());
+            m::active_sequences(
+                WORKER,
+                self.worker
+                    .active
+                    .iter()
+                    .map(|a| a.load(Ordering::Relaxed))
+                    .sum(),
+            );
             self.prefill_step();
             self.decode_step();
         }
     }
 
-    /// Drops waiting jobs and running sequences whose caller is gone or whose deadline passed.
-    fn drop_abandoned(&mut self) {
+    /// Takes jobs from the shared queue while this context has free sequences for them and no
+    /// other context has fewer sequences (that one takes the job on its next turn, or at once
+    /// when it was idle), so the work spreads over the contexts; a job whose caller is gone or
+    /// whose deadline passed is dropped on the way.
+    fn take_jobs(&mut self) {
+        let running = self.slots.iter().flatten().count();
+        let free = self.slots.len() - running;
         let now = Instant::now();
-        let mut kept = VecDeque::with_capacity(self.waiting.len());
-        for job in self.waiting.drain(..) {
-            if job.reply.is_closed() {
-                m::sequence_ended(WORKER, "cancelled");
-            } else if now >= job.deadline {
-                m::sequence_ended(WORKER, "deadline");
-                job.reply.fail(EngineError::DeadlineExceeded);
-            } else {
-                kept.push_back(job);
+        while self.waiting.len() < free {
+            let load = running + self.waiting.len();
+            self.worker.active[self.worker.index].store(load, Ordering::Relaxed);
+            let least_loaded =
+                self.worker.active.iter().enumerate().all(|(c, other)| {
+                    c == self.worker.index || load <= other.load(Ordering::Relaxed)
+                });
+            if !least_loaded {
+                return;
+            }
+            let Ok(job) = self.rx.try_recv() else { return };
+            if let Some(job) = keep_if_wanted(job, now) {
+                self.waiting.push_back(job);
             }
         }
-        self.waiting = kept;
+    }
+
+    /// Drops taken jobs and running sequences whose caller is gone or whose deadline passed.
+    fn drop_abandoned(&mut self) {
+        let now = Instant::now();
+        self.waiting = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .filter_map(|job| keep_if_wanted(job, now))
+            .collect();
         for i in 0..self.slots.len() {
             let Some(slot) = &self.slots[i] else { continue };
             if slot.reply.is_closed() {
@@ -481,7 +589,9 @@ impl Scheduler<'_> {
                 Task::Score { .. } => 1,
             };
             let fed = self.reuse_prefix(kind, &job.prompt, &tokens, seq);
+            m::context_sequence(self.worker.index);
             tracing::debug!(
+                context = self.worker.index,
                 seq,
                 prompt_tokens = tokens.len(),
                 reused = fed,
@@ -907,6 +1017,21 @@ fn next_candidate(
     }
 }
 
+/// The job, unless its caller went away (cancelled, or the gRPC deadline passed) or its own
+/// deadline passed; either way it is counted, and a job out of time is told so.
+fn keep_if_wanted(job: GenJob, now: Instant) -> Option<GenJob> {
+    if job.reply.is_closed() {
+        m::sequence_ended(WORKER, "cancelled");
+        None
+    } else if now >= job.deadline {
+        m::sequence_ended(WORKER, "deadline");
+        job.reply.fail(EngineError::DeadlineExceeded);
+        None
+    } else {
+        Some(job)
+    }
+}
+
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
@@ -924,4 +1049,42 @@ fn argmax(logits: &[f32]) -> LlamaToken {
 
 fn token_log_prob(logits: &[f32], token: LlamaToken) -> f64 {
     usize::try_from(token.0).map_or(f64::NEG_INFINITY, |t| log_prob(logits, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(parallel: u32, contexts: u32, n_batch: u32) -> GenSettings {
+        GenSettings {
+            parallel,
+            n_ctx: 512,
+            n_batch,
+            n_threads: 4,
+            contexts,
+        }
+    }
+
+    #[test]
+    fn sequences_are_shared_out_over_the_contexts() {
+        let s = settings(8, 2, 512);
+        assert_eq!((s.contexts(), s.sequences(0), s.sequences(1)), (2, 4, 4));
+        assert_eq!(s.threads_per_context(), 2);
+        let s = settings(9, 2, 512);
+        assert_eq!((s.sequences(0), s.sequences(1)), (5, 4));
+        // More contexts than sequences: one sequence each; --parallel 1 stays one at a time.
+        let s = settings(3, 8, 512);
+        assert_eq!((s.contexts(), s.sequences(2)), (3, 1));
+        assert_eq!(s.threads_per_context(), 1);
+        assert_eq!(settings(1, 4, 512).contexts(), 1);
+    }
+
+    #[test]
+    fn n_batch_must_hold_one_context_s_sequences() {
+        // 16 sequences over 4 contexts need 4 + 2 outputs per batch, not 16 + 2.
+        assert!(settings(16, 4, 6).validate().is_ok());
+        assert!(settings(16, 4, 5).validate().is_err());
+        assert!(settings(16, 1, 17).validate().is_err());
+        assert!(settings(8, 0, 512).validate().is_err());
+    }
 }

@@ -54,26 +54,26 @@ pub enum LoadError {
 static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
 
 /// The process's llama.cpp backend, started on first use. llama.cpp logs go to `tracing`.
-/// Starts a model worker on a thread of its own, named `mutr-<worker>`, and waits until `run` has
-/// reported whether its llama context exists. `run` receives the job channel and the readiness
-/// sender; on a failed start the thread is joined before the error is returned.
-fn spawn_worker<J: Send + 'static>(
+/// Starts a model worker on a thread of its own, named `mutr-<name>`, and waits until `run` has
+/// reported whether its llama context exists. `run` receives `rx`, the worker's end of its job
+/// channel, and the readiness sender; on a failed start the thread is joined before the error is
+/// returned.
+fn spawn_worker<R: Send + 'static>(
     worker: &'static str,
-    run: impl FnOnce(mpsc::UnboundedReceiver<J>, std::sync::mpsc::Sender<Result<(), LoadError>>)
-    + Send
-    + 'static,
-) -> Result<(mpsc::UnboundedSender<J>, std::thread::JoinHandle<()>), LoadError> {
-    let (tx, rx) = mpsc::unbounded_channel();
+    name: String,
+    rx: R,
+    run: impl FnOnce(R, std::sync::mpsc::Sender<Result<(), LoadError>>) + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, LoadError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
-        .name(format!("mutr-{worker}"))
+        .name(format!("mutr-{name}"))
         .spawn(move || run(rx, ready_tx))
         .map_err(|e| LoadError::Context {
             worker,
             reason: e.to_string(),
         })?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok((tx, handle)),
+        Ok(Ok(())) => Ok(handle),
         Ok(Err(e)) => {
             drop(handle.join());
             Err(e)
@@ -149,9 +149,10 @@ impl LoadedModel {
     }
 }
 
-/// The generative and the embedding model, each behind its worker thread.
+/// The generative and the embedding model, each behind its worker threads.
 pub struct LlamaEngine {
-    generator: mpsc::UnboundedSender<generator::GenJob>,
+    /// The generative workers' shared queue: a worker takes a job when it has a free sequence.
+    generator: crossbeam_channel::Sender<generator::GenJob>,
     embedder: mpsc::UnboundedSender<embedder::EmbedJob>,
     identity: String,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -166,8 +167,8 @@ impl std::fmt::Debug for LlamaEngine {
 }
 
 impl LlamaEngine {
-    /// Starts both workers and waits (blocking) until their contexts exist. Call it from a
-    /// blocking thread, not from the async runtime.
+    /// Starts the workers (one per generative context, one for embeddings) and waits (blocking)
+    /// until their contexts exist. Call it from a blocking thread, not from the async runtime.
     pub fn start(
         gen_model: LoadedModel,
         gen_settings: GenSettings,
@@ -183,17 +184,28 @@ impl LlamaEngine {
             embed.cache_identity(),
             crate::analysis::prompt::PROMPT_VERSION
         );
-        let (gen_tx, gen_thread) = generator::spawn(backend, gen_model.model, gen_settings)?;
-        let (embed_tx, embed_thread) = embedder::spawn(backend, embed_model.model, embed)?;
+        let (gen_tx, mut threads) = generator::spawn(backend, gen_model.model, gen_settings)?;
+        let (embed_tx, embed_thread) = match embedder::spawn(backend, embed_model.model, embed) {
+            Ok(started) => started,
+            Err(e) => {
+                // The generative workers stop once their queue is closed.
+                drop(gen_tx);
+                for t in threads {
+                    drop(t.join());
+                }
+                return Err(e);
+            }
+        };
+        threads.push(embed_thread);
         Ok(Self {
             generator: gen_tx,
             embedder: embed_tx,
             identity,
-            threads: std::sync::Mutex::new(vec![gen_thread, embed_thread]),
+            threads: std::sync::Mutex::new(threads),
         })
     }
 
-    /// Whether both worker threads are still running (a panicked worker would leave requests
+    /// Whether every worker thread is still running (a panicked worker would leave requests
     /// failing with `UNAVAILABLE` while health said `SERVING`).
     pub fn workers_alive(&self) -> bool {
         self.threads
@@ -203,7 +215,7 @@ impl LlamaEngine {
             .all(|t| !t.is_finished())
     }
 
-    /// Stops both workers once their queues are empty and waits for their threads (blocking).
+    /// Stops the workers once their queues are empty and waits for their threads (blocking).
     pub fn shutdown(self) {
         let Self {
             generator,

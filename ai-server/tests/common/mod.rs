@@ -53,6 +53,7 @@ pub fn loaded_models() -> (LoadedModel, LoadedModel) {
 #[derive(Debug, Clone)]
 pub struct Opts {
     pub parallel: u32,
+    pub gen_contexts: u32,
     pub n_ctx: u32,
     pub n_batch: u32,
     pub max_queue: usize,
@@ -67,6 +68,7 @@ impl Default for Opts {
     fn default() -> Self {
         Self {
             parallel: 4,
+            gen_contexts: 1,
             n_ctx: 512,
             n_batch: 512,
             max_queue: 64,
@@ -109,7 +111,8 @@ pub fn config(o: &Opts, models: ModelSource) -> ServerConfig {
             parallel: o.parallel,
             n_ctx: o.n_ctx,
             n_batch: o.n_batch,
-            n_threads: 1,
+            n_threads: o.gen_contexts as i32,
+            contexts: o.gen_contexts,
         },
         embed: EmbedSettings {
             parallel: o.parallel.next_power_of_two(),
