@@ -8,6 +8,7 @@
 
 mod embedder;
 mod generator;
+pub mod probe;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
