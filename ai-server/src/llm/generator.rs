@@ -18,9 +18,11 @@
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use crossbeam_channel::{Receiver, Sender};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -28,9 +30,6 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::vocab::VocabType;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 
 use super::LoadError;
@@ -114,8 +113,14 @@ impl GenSettings {
     /// The settings that can change a result: a smaller context cuts prompts shorter, and the
     /// prefill chunk sets the shape the prompt is computed in (so its rounding).
     pub(super) fn cache_identity(&self) -> String {
+        // Contexts of one sequence decode single tokens (no neighbour): another kernel shape.
+        let single = if self.sequences(0) == 1 {
+            ";single_steps"
+        } else {
+            ""
+        };
         format!(
-            "n_ctx={};prefill_chunk={}",
+            "n_ctx={};prefill_chunk={}{single}",
             self.n_ctx,
             self.prefill_chunk()
         )
@@ -1077,6 +1082,18 @@ mod tests {
         assert_eq!((s.contexts(), s.sequences(2)), (3, 1));
         assert_eq!(s.threads_per_context(), 1);
         assert_eq!(settings(1, 4, 512).contexts(), 1);
+    }
+
+    #[test]
+    fn one_sequence_contexts_have_their_own_cache_identity() {
+        // Spreading sequences over contexts does not change a result; single-token steps might.
+        let batched = settings(8, 1, 512).cache_identity();
+        assert_eq!(settings(8, 2, 512).cache_identity(), batched);
+        assert_ne!(settings(1, 1, 512).cache_identity(), batched);
+        assert_eq!(
+            settings(8, 8, 512).cache_identity(),
+            settings(1, 1, 512).cache_identity()
+        );
     }
 
     #[test]
