@@ -562,3 +562,23 @@ async fn drain_finishes_work_in_flight_and_refuses_new_work() {
         .await
         .expect("serve returns Ok after draining");
 }
+
+/// The step-cost probe behind `benches/step_cost.rs` runs on the real model and times each shape.
+#[test]
+fn the_step_cost_probe_times_each_shape() {
+    use mutr_ai_server::llm::probe::{Shape, decode_cost};
+    let (generate, _) = loaded_models();
+    let shapes = [
+        Shape {
+            sequences: 1,
+            tokens: 1,
+        },
+        Shape {
+            sequences: 4,
+            tokens: 8,
+        },
+    ];
+    let costs = decode_cost(&generate, &shapes, 40, 2, 1).unwrap();
+    assert_eq!(costs.len(), 2);
+    assert!(costs.iter().all(|c| !c.is_zero()), "{costs:?}");
+}

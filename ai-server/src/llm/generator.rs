@@ -209,11 +209,7 @@ pub(super) fn spawn(
         match started {
             Ok(thread) => threads.push(thread),
             Err(e) => {
-                // The workers already started stop once the queue is closed.
-                drop(tx);
-                for t in threads {
-                    drop(t.join());
-                }
+                super::stop_workers(tx, threads);
                 return Err(e);
             }
         }

@@ -54,7 +54,6 @@ pub enum LoadError {
 
 static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
 
-/// The process's llama.cpp backend, started on first use. llama.cpp logs go to `tracing`.
 /// Starts a model worker on a thread of its own, named `mutr-<name>`, and waits until `run` has
 /// reported whether its llama context exists. `run` receives `rx`, the worker's end of its job
 /// channel, and the readiness sender; on a failed start the thread is joined before the error is
@@ -86,6 +85,16 @@ fn spawn_worker<R: Send + 'static>(
     }
 }
 
+/// Closes a job queue (dropping its sender) and waits for the workers that read it: they stop
+/// once it is closed and their work is done. Undoes a start that failed half-way.
+fn stop_workers<Q>(queue: Q, threads: Vec<std::thread::JoinHandle<()>>) {
+    drop(queue);
+    for t in threads {
+        drop(t.join());
+    }
+}
+
+/// The process's llama.cpp backend, started on first use. llama.cpp logs go to `tracing`.
 fn backend() -> Result<&'static LlamaBackend, LoadError> {
     if let Some(b) = BACKEND.get() {
         return Ok(b);
@@ -189,11 +198,7 @@ impl LlamaEngine {
         let (embed_tx, embed_thread) = match embedder::spawn(backend, embed_model.model, embed) {
             Ok(started) => started,
             Err(e) => {
-                // The generative workers stop once their queue is closed.
-                drop(gen_tx);
-                for t in threads {
-                    drop(t.join());
-                }
+                stop_workers(gen_tx, threads);
                 return Err(e);
             }
         };

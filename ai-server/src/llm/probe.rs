@@ -83,8 +83,10 @@ pub fn decode_cost(
             batch.clear();
             for seq in 0..shape.sequences {
                 for j in 0..shape.tokens {
+                    // Logits of the last token only, as the scheduler asks for.
+                    let last = j + 1 == shape.tokens;
                     batch
-                        .add(token(j), pos(history + j), &[pos(seq)], true)
+                        .add(token(j), pos(history + j), &[pos(seq)], last)
                         .map_err(|e| decode_error(&e))?;
                 }
             }
