@@ -18,17 +18,14 @@ use mutr_ai_server::models;
 const ITERATIONS: usize = 200;
 
 fn main() {
-    let threads = std::env::var("n_threads")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n: &i32| *n > 0)
-        .unwrap_or_else(mutr_ai_server::config::default_threads);
-    let gpu_layers: u32 = std::env::var("n_gpu_layers")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let threads = common::threads();
     let (path, _) = model_files();
-    let model = LoadedModel::load(&path, gpu_layers, models::fingerprint(&path).unwrap()).unwrap();
+    let model = LoadedModel::load(
+        &path,
+        common::gpu_layers(),
+        models::fingerprint(&path).unwrap(),
+    )
+    .unwrap();
     let shape = |sequences, tokens| Shape { sequences, tokens };
     let shapes = [
         shape(1, 1),

@@ -197,22 +197,12 @@ fn main() {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .init();
     }
-    let per_level: usize = std::env::var("MUTR_BENCH_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    let per_level = common::env_number("MUTR_BENCH_REQUESTS")
         .unwrap_or(48)
         .max(ROUNDS);
-    // llama.cpp threads per model worker: `n_threads` as the server reads it, else its default.
-    let threads = std::env::var("n_threads")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n: &i32| *n > 0)
-        .unwrap_or_else(mutr_ai_server::config::default_threads);
-    let contexts: u32 = std::env::var("MUTR_BENCH_GEN_CONTEXTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(2);
+    // llama.cpp threads per context.
+    let threads = common::threads();
+    let contexts: u32 = common::env_number("MUTR_BENCH_GEN_CONTEXTS").unwrap_or(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -220,7 +210,7 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let (g, e) = model_files();
-        let gpu_layers: u32 = std::env::var("n_gpu_layers").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let gpu_layers = common::gpu_layers();
         let loaded = tokio::task::spawn_blocking(move || {
             let g = LoadedModel::load(&g, gpu_layers, models::fingerprint(&g).unwrap()).unwrap();
             let e = LoadedModel::load(&e, gpu_layers, models::fingerprint(&e).unwrap()).unwrap();

@@ -4,6 +4,24 @@ use std::path::PathBuf;
 
 use mutr_ai_server::models::{self, Manifest};
 
+/// A positive number from the environment variable `name`, if it is set and parses.
+pub fn env_number<T: std::str::FromStr + PartialOrd + Default>(name: &str) -> Option<T> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > T::default())
+}
+
+/// llama.cpp threads: `n_threads` as the server reads it, else the server's default.
+pub fn threads() -> i32 {
+    env_number("n_threads").unwrap_or_else(mutr_ai_server::config::default_threads)
+}
+
+/// Layers offloaded to the GPU (`n_gpu_layers`, on a `cuda` build), else none.
+pub fn gpu_layers() -> u32 {
+    env_number("n_gpu_layers").unwrap_or(0)
+}
+
 /// The generative and the embedding model: `MUTR_GEN_MODEL` and `MUTR_EMBED_MODEL` when both are
 /// set (a GPU run with the production models), else the tiny profile from `MUTR_MODEL_DIR`,
 /// `../shared/models` or the download cache.
