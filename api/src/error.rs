@@ -4,8 +4,10 @@
 use axum::{
     Json,
     body::Body,
+    extract::Request,
     extract::rejection::{JsonRejection, QueryRejection},
     http::{HeaderValue, StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -106,6 +108,34 @@ pub fn error_response(status: StatusCode, message: impl Into<String>) -> Respons
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    response
+}
+
+/// Gives error answers that axum or tower produced without a body of ours (timeouts, limits) the
+/// envelope too, so that every error a client sees has one shape.
+pub async fn envelope_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "request body too large",
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => "request timed out",
+            s if s.is_server_error() => "internal error",
+            s => s.canonical_reason().unwrap_or("request failed"),
+        };
+        let mut enveloped = error_response(status, message);
+        for name in [header::RETRY_AFTER, header::ALLOW] {
+            if let Some(v) = response.headers().get(&name) {
+                enveloped.headers_mut().insert(name, v.clone());
+            }
+        }
+        return enveloped;
+    }
     response
 }
 

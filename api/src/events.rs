@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 /// The STOMP destination every node event goes to.
 pub const GALAXY_TOPIC: &str = "/topic/galaxy/public";
 
-/// A committed node that needs analysis. The pipeline (dispatcher) consumes these; until it picks a
-/// node up, the node stays `PENDING` in the database, where recovery finds it too.
+/// A committed node that needs analysis. The pipeline (`analysis::dispatcher`) consumes these;
+/// until it picks a node up, the node stays `PENDING` in the database, where recovery finds it too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnalysisRequested {
     /// The new node.
@@ -66,21 +66,6 @@ impl AnalysisHandoff for ChannelHandoff {
                 );
             }
         }
-    }
-}
-
-/// The hand-off of a server that runs without the analysis pipeline: nodes stay `PENDING` (the
-/// pipeline's recovery dispatches them once it runs). Counts them so operators can see it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoPipeline;
-
-impl AnalysisHandoff for NoPipeline {
-    fn submit(&self, event: AnalysisRequested) {
-        metrics::counter!("mutr_analysis_handoffs_total", "outcome" => "no_pipeline").increment(1);
-        tracing::debug!(
-            node_id = event.node_id,
-            "no analysis pipeline in this process; node stays PENDING"
-        );
     }
 }
 

@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod auth;
 pub mod config;
 pub mod db;
@@ -12,24 +13,26 @@ pub mod http;
 pub mod node_writer;
 pub mod oauth;
 pub mod realtime;
+pub mod secret;
 pub mod state;
 pub mod telemetry;
 
 use std::{sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::http::app;
 use crate::{
+    analysis::Pipeline,
     auth::cache::GuestCache,
     auth::jwt::{JwtError, JwtKeys},
     config::ServeArgs,
-    events::{Broadcaster, NoPipeline, SharedHandoff},
+    events::{Broadcaster, SharedBroadcaster},
     http::rate_limit::WriteLimiter,
     node_writer::{NodeWriter, Sinks},
+    secret::Secret,
     state::{AppState, Readiness},
 };
 
@@ -51,27 +54,71 @@ pub enum ServeError {
     /// The sign-in configuration is unusable.
     #[error("invalid sign-in configuration")]
     SignIn(#[from] oauth::ConfigError),
+    /// The analysis pipeline could not start.
+    #[error("analysis pipeline could not start")]
+    Analysis(#[from] analysis::StartError),
     /// The listener failed.
     #[error("HTTP server failed")]
     Io(#[from] std::io::Error),
 }
 
-/// Builds the shared state for `args` over `pool`, handing committed nodes to `handoff`. Starts
-/// the node writer, so it must be called on a Tokio runtime.
-pub fn build_state(
-    args: &ServeArgs,
-    pool: PgPool,
-    handoff: SharedHandoff,
-    broadcaster: Arc<dyn Broadcaster>,
-) -> Result<AppState, ServeError> {
-    let client = redis::Client::open(args.redis_url.expose()).map_err(ServeError::RedisUrl)?;
-    let probe_timeout = Duration::from_secs(2);
-    let redis_config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(probe_timeout))
-        .set_response_timeout(Some(probe_timeout))
+/// How long a readiness probe waits for one dependency.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A Redis connection that connects lazily and reconnects by itself, with short timeouts so that
+/// an unreachable Redis fails fast (everything that uses it has a fallback).
+fn redis_connection(url: &Secret) -> Result<redis::aio::ConnectionManager, ServeError> {
+    let client = redis::Client::open(url.expose()).map_err(ServeError::RedisUrl)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(PROBE_TIMEOUT))
+        .set_response_timeout(Some(PROBE_TIMEOUT))
         .set_number_of_retries(1);
-    let redis = redis::aio::ConnectionManager::new_lazy_with_config(client, redis_config)
-        .map_err(ServeError::RedisUrl)?;
+    redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(ServeError::RedisUrl)
+}
+
+/// Serves `args` on `listener` until `shutdown` is cancelled: the whole process of `mutr-api
+/// serve`, as production runs it and the tests start it. Connects to PostgreSQL and Redis (lazily),
+/// starts the live push, the analysis pipeline and the node writer, then serves HTTP. On
+/// `shutdown`: readiness fails first, the pipeline drains while the server keeps answering for
+/// the shutdown grace, live sessions close, then requests in flight get up to the drain timeout.
+pub async fn serve(
+    args: ServeArgs,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let pool = db::pool(&args.database).map_err(ServeError::DatabaseUrl)?;
+    let redis = redis_connection(&args.redis_url)?;
+    // The push gets its own token: its sessions close at the right step of shutdown, and its Redis
+    // bridge stops only after the last request (events published while draining still reach the
+    // other replicas).
+    let push_stop = CancellationToken::new();
+    let push = realtime::Realtime::start(
+        args.realtime.clone(),
+        Some(args.redis_url.expose().to_owned()),
+        push_stop.clone(),
+    )
+    .await?;
+    let broadcaster: SharedBroadcaster = Arc::new(push.clone());
+    let readiness = Readiness::default();
+    let (pipeline, handoff) = Pipeline::start(
+        &args.analysis,
+        pool.clone(),
+        redis.clone(),
+        broadcaster.clone(),
+        {
+            let readiness = readiness.clone();
+            move || readiness.mark_started()
+        },
+    )?;
+    let node_writer = NodeWriter::start(
+        pool.clone(),
+        Sinks {
+            broadcaster,
+            handoff: Arc::new(handoff),
+        },
+        &args.node_writer,
+    );
     let jwt = JwtKeys::from_args(&args.auth)?.map(Arc::new);
     let sign_in = Arc::new(oauth::SignIn::new(
         &args.oauth,
@@ -80,15 +127,7 @@ pub fn build_state(
         pool.clone(),
         redis.clone(),
     )?);
-    let node_writer = NodeWriter::start(
-        pool.clone(),
-        Sinks {
-            broadcaster: broadcaster.clone(),
-            handoff: handoff.clone(),
-        },
-        &args.node_writer,
-    );
-    Ok(AppState {
+    let state = AppState {
         db: pool,
         redis,
         jwt,
@@ -99,47 +138,24 @@ pub fn build_state(
         )),
         node_writer,
         guest_cache: GuestCache::new(&args.guest_cache),
-        handoff,
-        broadcaster,
-        realtime: None,
-        readiness: Readiness::default(),
+        ai_health: pipeline.ai_health(),
+        realtime: Some(push),
+        readiness,
         metrics: telemetry::prometheus(),
         cors_origins: args.cors_origins.clone().into(),
-        probe_timeout,
+        probe_timeout: PROBE_TIMEOUT,
         sign_in,
-    })
-}
-
-/// Serves `args` on `listener` until `shutdown` is cancelled: connects to PostgreSQL (lazily) and
-/// Redis, starts the live push, then runs [`serve_state`].
-pub async fn serve(
-    args: ServeArgs,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    let pool = db::pool(&args.database).map_err(ServeError::DatabaseUrl)?;
-    // The push gets its own token: serve_state closes its sessions at the right step of shutdown,
-    // and its Redis bridge stops only after the last request.
-    let push_stop = CancellationToken::new();
-    let push = realtime::Realtime::start(
-        args.realtime.clone(),
-        Some(args.redis_url.expose().to_owned()),
-        push_stop.clone(),
-    )
-    .await?;
-    let state =
-        build_state(&args, pool, Arc::new(NoPipeline), Arc::new(push.clone()))?.with_realtime(push);
-    let result = serve_state(&args, state, listener, shutdown).await;
+    };
+    let result = serve_state(&args, state, pipeline, listener, shutdown).await;
     push_stop.cancel();
     result
 }
 
-/// Serves prepared `state` on `listener`. On `shutdown`: readiness fails first, the server keeps
-/// answering for the shutdown grace so load balancers notice, live sessions are closed, then
-/// requests in flight get up to the drain timeout before the server returns.
-pub async fn serve_state(
+/// Serves prepared `state` on `listener`, with the pipeline's drain in the shutdown sequence.
+async fn serve_state(
     args: &ServeArgs,
     state: AppState,
+    pipeline: Pipeline,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
@@ -153,6 +169,13 @@ pub async fn serve_state(
     let stop_http = CancellationToken::new();
     let grace = args.shutdown_grace;
     let drain = args.drain_timeout;
+    let drained = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            pipeline.drain(drain).await;
+        }
+    });
     let sequence = {
         let stop_http = stop_http.clone();
         let shutdown = shutdown.clone();
@@ -187,6 +210,12 @@ pub async fn serve_state(
         }
     };
     shrink.abort();
+    // Whatever ended the server, the pipeline drains.
+    shutdown.cancel();
+    // The pipeline hands back what it still holds before the process exits.
+    if let Err(e) = drained.await {
+        tracing::error!(error = %e, "analysis drain did not finish");
+    }
     tracing::info!("shutdown: done");
     Ok(result?)
 }
@@ -204,22 +233,6 @@ async fn shrink_rate_limiter(limiter: Arc<WriteLimiter>, shutdown: CancellationT
 impl Broadcaster for realtime::Realtime {
     fn publish(&self, destination: &'static str, body: String) -> BoxFuture<'_, ()> {
         Box::pin(realtime::Realtime::publish(self, destination, body))
-    }
-}
-
-/// A broadcaster for a process without live push: logs what would have been sent.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LogOnlyBroadcaster;
-
-impl Broadcaster for LogOnlyBroadcaster {
-    fn publish(&self, destination: &'static str, body: String) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            tracing::debug!(
-                destination,
-                bytes = body.len(),
-                "no live push in this process"
-            );
-        })
     }
 }
 

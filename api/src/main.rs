@@ -1,10 +1,14 @@
-//! `mutr-api`: `serve` and `migrate`.
+//! `mutr-api`: `serve`, `migrate`, `recover` and `activate`.
 
 #![forbid(unsafe_code)]
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use mutr_api::config::{Cli, Command};
+use mutr_api::{
+    analysis::{self, ActivateSummary, recovery::RecoverSummary},
+    config::{Cli, Command},
+    db,
+};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -22,12 +26,39 @@ async fn main() -> anyhow::Result<()> {
             mutr_api::serve(*args, listener, shutdown).await?;
         }
         Command::Migrate(args) => {
-            let pool = mutr_api::db::pool(&args.database).context("invalid DATABASE_URL")?;
-            mutr_api::db::MIGRATOR
+            let pool = db::pool(&args.database).context("invalid DATABASE_URL")?;
+            db::MIGRATOR
                 .run(&pool)
                 .await
                 .context("running migrations")?;
             tracing::info!("migrations applied");
+        }
+        Command::Recover(args) => {
+            let pool = db::pool(&args.database).context("invalid DATABASE_URL")?;
+            let recovered = analysis::recovery::recover(&pool, &args.from_color, args.force)
+                .await
+                .with_context(|| format!("recovering the claims of {}", args.from_color))?;
+            let line = serde_json::to_string(&RecoverSummary {
+                from_color: &args.from_color,
+                returned_to_pending: recovered.returned,
+                still_processing: recovered.still_processing,
+            })?;
+            println!("{line}");
+            analysis::write_termination_log(&args.termination_log, &line);
+            tracing::info!(summary = %line, "recovered");
+        }
+        Command::Activate(args) => {
+            let pool = db::pool(&args.database).context("invalid DATABASE_URL")?;
+            let previous = analysis::colors::activate(&pool, &args.color)
+                .await
+                .with_context(|| format!("activating {}", args.color))?;
+            let line = serde_json::to_string(&ActivateSummary {
+                active_color: args.color.clone(),
+                previous_color: previous,
+            })?;
+            println!("{line}");
+            analysis::write_termination_log(&args.termination_log, &line);
+            tracing::info!(summary = %line, "activated");
         }
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! The state every handler shares: database pool, Redis, keys, limits and the post-commit sinks.
+//! The state every handler shares: database pool, Redis, keys, limits, the node writer, readiness.
 
 use std::{
     sync::{
@@ -10,23 +10,35 @@ use std::{
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
+use tokio::sync::watch;
 
 use crate::{
+    analysis::ai::AiHealth,
     auth::{cache::GuestCache, jwt::JwtKeys},
-    config::Limits,
-    events::{SharedBroadcaster, SharedHandoff},
-    http::rate_limit::WriteLimiter,
+    http::{Limits, rate_limit::WriteLimiter},
     node_writer::NodeWriter,
     realtime::Realtime,
 };
 
-/// Whether this process should receive new traffic; flips to draining once on shutdown.
+/// Whether this process should receive new traffic: not until it has started (the AI server of
+/// its colour answered `SERVING` once), and no longer once it drains.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
+    started: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
 }
 
 impl Readiness {
+    /// Marks the process as started: `/readyz` passes from now on, until it drains.
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether start-up is over.
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
     /// Marks the process as draining: `/readyz` fails from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
@@ -55,13 +67,11 @@ pub struct AppState {
     pub node_writer: NodeWriter,
     /// Guests recently found by token, for writes.
     pub guest_cache: GuestCache,
-    /// Where committed nodes go for analysis.
-    pub handoff: SharedHandoff,
-    /// Where committed nodes are announced to live clients.
-    pub broadcaster: SharedBroadcaster,
+    /// The AI server's health, as the analysis pipeline last saw it.
+    pub ai_health: watch::Receiver<AiHealth>,
     /// Live push (`/ws-mutr`); none in a process that serves HTTP only.
     pub realtime: Option<Realtime>,
-    /// Draining or not.
+    /// Started, draining or neither.
     pub readiness: Readiness,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,

@@ -3,10 +3,9 @@
 
 use std::sync::OnceLock;
 
+use clap::ValueEnum;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
-
-use crate::config::LogFormat;
 
 /// Histogram buckets for latencies, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -46,4 +45,13 @@ pub fn init_tracing(format: LogFormat) {
             .with(fmt::layer().json().flatten_event(true))
             .try_init(),
     };
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }

@@ -1,11 +1,12 @@
-//! Live push end to end: a node posted on one API replica reaches STOMP subscribers of another
-//! replica (through Redis) over a raw WebSocket and over SockJS's WebSocket transport.
+//! Live push end to end: a node posted on one API replica, and its analysis, reach STOMP
+//! subscribers of another replica (through Redis) over a raw WebSocket and over SockJS's WebSocket
+//! transport.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, ok};
+use common::{DEADLINE, TestServer, ok, procs::AiServer, wait_until};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -124,11 +125,52 @@ impl Stomp {
     }
 }
 
-#[sqlx::test]
-async fn created_node_reaches_subscribers_of_every_replica(pool: PgPool) {
+/// Two replicas on one live-push channel and one AI server, both ready with their push linked.
+async fn two_replicas(pool: PgPool, ai: &AiServer) -> (TestServer, TestServer) {
     let channel = format!("mutr:test:{}", uuid::Uuid::new_v4().simple());
-    let a = TestServer::start_live(pool.clone(), &channel).await;
-    let b = TestServer::start_live(pool, &channel).await;
+    let flags = ["--realtime-redis-channel", channel.as_str()];
+    let a = TestServer::start_with_ai(pool.clone(), &ai.url(), &flags).await;
+    let b = TestServer::start_with_ai(pool, &ai.url(), &flags).await;
+    for s in [&a, &b] {
+        wait_until("the push to link to Redis", DEADLINE, || async {
+            let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+            r.json::<Value>().await.unwrap()["data"]["push"] == "connected"
+        })
+        .await;
+    }
+    (a, b)
+}
+
+/// Reads messages until `want` (id, status) pairs were seen, each exactly once.
+async fn expect_events(client: &mut Stomp, want: &[(i64, &str)], what: &str) -> Vec<Value> {
+    let mut seen: Vec<Value> = Vec::new();
+    while seen.len() < want.len() {
+        let m = client.message().await;
+        let key = (
+            m["id"].as_i64().unwrap(),
+            m["analysisStatus"].as_str().unwrap().to_owned(),
+        );
+        assert!(
+            want.iter().any(|(id, st)| *id == key.0 && *st == key.1),
+            "{what}: unexpected event {m}"
+        );
+        assert!(
+            !seen
+                .iter()
+                .any(|s| s["id"] == m["id"] && s["analysisStatus"] == m["analysisStatus"]),
+            "{what}: event twice: {m}"
+        );
+        seen.push(m);
+    }
+    seen
+}
+
+/// Every replica delivers every event to its own subscribers, whichever replica produced it:
+/// once when the node is created and once when its analysis ends.
+#[sqlx::test]
+async fn created_and_analysed_nodes_reach_subscribers_of_every_replica(pool: PgPool) {
+    let ai = AiServer::start(&[]).await;
+    let (a, b) = two_replicas(pool, &ai).await;
 
     let mut on_a = Stomp::connect(&a.base, Framing::Raw).await;
     let mut on_b_raw = Stomp::connect(&b.base, Framing::Raw).await;
@@ -139,30 +181,58 @@ async fn created_node_reaches_subscribers_of_every_replica(pool: PgPool) {
         .post_node(&token, json!({"content": "실시간으로 보이나요?"}))
         .await)
     .await;
-
-    assert_eq!(on_a.message().await, node, "same replica");
-    assert_eq!(
-        on_b_raw.message().await,
-        node,
-        "other replica, raw WebSocket"
-    );
-    assert_eq!(on_b_sockjs.message().await, node, "other replica, SockJS");
-
-    // Exactly once per subscriber: a second node is the next message everywhere.
     let second = ok(a
         .post_node(&token, json!({"content": "둘째", "parentId": node["id"]}))
         .await)
     .await;
-    assert_eq!(on_b_raw.message().await, second);
-    assert_eq!(on_a.message().await, second);
+    let (first_id, second_id) = (node["id"].as_i64().unwrap(), second["id"].as_i64().unwrap());
+    let want = [
+        (first_id, "PENDING"),
+        (first_id, "COMPLETED"),
+        (second_id, "PENDING"),
+        (second_id, "COMPLETED"),
+    ];
+    for (client, what) in [
+        (&mut on_a, "same replica"),
+        (&mut on_b_raw, "other replica, raw WebSocket"),
+        (&mut on_b_sockjs, "other replica, SockJS"),
+    ] {
+        let seen = expect_events(client, &want, what).await;
+        let created = seen
+            .iter()
+            .find(|m| m["id"] == node["id"] && m["analysisStatus"] == "PENDING")
+            .unwrap();
+        assert_eq!(
+            *created, node,
+            "{what}: the created event is the node as answered"
+        );
+        let analysed = seen
+            .iter()
+            .find(|m| m["id"] == second["id"] && m["analysisStatus"] == "COMPLETED")
+            .unwrap();
+        assert!(
+            analysed["topic"].as_str().is_some_and(|t| !t.is_empty()),
+            "{what}: {analysed}"
+        );
+        assert!(analysed["mutationFilter"].is_string(), "{what}: {analysed}");
+        // A parent's analysis ends before its child's.
+        let at = |id: i64, st: &str| {
+            seen.iter()
+                .position(|m| m["id"] == id && m["analysisStatus"] == st)
+                .unwrap()
+        };
+        assert!(
+            at(first_id, "COMPLETED") < at(second_id, "COMPLETED"),
+            "{what}"
+        );
+    }
     a.stop().await;
     b.stop().await;
 }
 
 #[sqlx::test]
 async fn shutdown_closes_live_sessions(pool: PgPool) {
-    let channel = format!("mutr:test:{}", uuid::Uuid::new_v4().simple());
-    let a = TestServer::start_live(pool, &channel).await;
+    let a = TestServer::start(pool).await;
     let mut client = Stomp::connect(&a.base, Framing::Raw).await;
     a.shutdown.cancel();
     // The session ends cleanly (an ERROR or a close frame, then the end of the stream).

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mutr_api::auth::signing::{SigningKey, TokenSigner};
-use mutr_api::events::NoPipeline;
 use oauth_provider::{Behaviour, Flavour, Person, StandIn};
 use reqwest::StatusCode;
 use reqwest::cookie::{CookieStore, Jar};
@@ -126,17 +125,22 @@ impl Harness {
             extra.extend(["--redis-url".to_owned(), redis]);
         }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let args = common::serve_args(&extra);
-        let state = mutr_api::build_state(
-            &args,
-            pool.clone(),
-            Arc::new(NoPipeline),
-            Arc::new(mutr_api::LogOnlyBroadcaster),
-        )
-        .unwrap();
+        let args = common::serve_args(&pool, &extra);
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
-        tokio::spawn(async move { mutr_api::serve_state(&args, state, listener, stop).await });
+        tokio::spawn(async move { mutr_api::serve(args, listener, stop).await });
+        let http = reqwest::Client::new();
+        common::wait_until("the API to answer", common::DEADLINE, || {
+            let url = format!("{api}/healthz");
+            let http = http.clone();
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
         Self {
             api,
             provider,

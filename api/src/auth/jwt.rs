@@ -3,7 +3,7 @@
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::{Deserialize, Serialize};
 
-use crate::config::AuthArgs;
+use super::AuthArgs;
 
 /// The role claim a member token must carry.
 pub const MEMBER_ROLE: &str = "ROLE_USER";
@@ -98,7 +98,7 @@ impl JwtKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::secret::Secret;
     use jsonwebtoken::{EncodingKey, Header, encode};
 
     fn now() -> u64 {

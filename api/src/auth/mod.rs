@@ -8,11 +8,13 @@ pub mod jwt;
 pub mod signing;
 
 use axum::{extract::FromRequestParts, http::request::Parts};
+use clap::Args;
 
 use crate::{
     db::users::{self, NewMember, User},
     domain::nickname,
     error::ApiError,
+    secret::Secret,
     state::AppState,
 };
 
@@ -152,4 +154,16 @@ async fn member(state: &AppState, token: &str) -> Result<User, ApiError> {
         "member created on first sight"
     );
     Ok(user)
+}
+
+/// Member token verification. With neither key set, only guests can write.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// HS256 secret that member JWTs are signed with.
+    #[arg(long, env = "MUTR_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// RS256 public key (PEM) that member JWTs are verified with; wins over the HS256 secret.
+    #[arg(long, env = "MUTR_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
 }

@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn tokens_verify_with_the_api_verifier_for_both_algorithms() {
         use crate::auth::jwt::JwtKeys;
-        use crate::config::{AuthArgs, Secret};
+        use crate::{auth::AuthArgs, secret::Secret};
 
         let hs = TokenSigner::new(SigningKey::hs256(SECRET).unwrap(), Duration::from_secs(60));
         let keys = JwtKeys::from_args(&AuthArgs {

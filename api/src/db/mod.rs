@@ -7,13 +7,15 @@ pub mod users;
 
 use std::time::Duration;
 
+use clap::Args;
+
 use sqlx::{
     PgPool,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::config::DatabaseArgs;
+use crate::secret::Secret;
 
 /// The migrations in `api/migrations`, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!();
@@ -26,4 +28,20 @@ pub fn pool(args: &DatabaseArgs) -> Result<PgPool, sqlx::Error> {
         .acquire_timeout(args.db_acquire_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy_with(options.application_name("mutr-api")))
+}
+
+/// Database connection options shared by `serve` and `migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Secret,
+
+    /// Most connections in the pool of this process.
+    #[arg(long, env = "MUTR_DB_MAX_CONNECTIONS", default_value_t = 32)]
+    pub db_max_connections: u32,
+
+    /// How long a request waits for a free database connection before it fails.
+    #[arg(long, env = "MUTR_DB_ACQUIRE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub db_acquire_timeout: Duration,
 }

@@ -235,21 +235,22 @@ pub async fn lineage(
     Ok(lineage::assemble(own, &row.window, row.baseline_topic))
 }
 
-struct NodeRow {
-    id: i64,
-    content: String,
-    author_nickname: String,
-    topic: Option<String>,
-    emotion: String,
-    mutation_filter: Option<String>,
-    mutation_score: Option<f64>,
-    x: f64,
-    y: f64,
-    z: f64,
-    parent_id: Option<i64>,
-    root_id: i64,
-    created_at: DateTime<Utc>,
-    analysis_status: String,
+/// A node row as the queries that return whole nodes select it.
+pub(crate) struct NodeRow {
+    pub(crate) id: i64,
+    pub(crate) content: String,
+    pub(crate) author_nickname: String,
+    pub(crate) topic: Option<String>,
+    pub(crate) emotion: String,
+    pub(crate) mutation_filter: Option<String>,
+    pub(crate) mutation_score: Option<f64>,
+    pub(crate) x: f64,
+    pub(crate) y: f64,
+    pub(crate) z: f64,
+    pub(crate) parent_id: Option<i64>,
+    pub(crate) root_id: i64,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) analysis_status: String,
 }
 
 impl From<NodeRow> for Node {
@@ -336,7 +337,7 @@ pub async fn in_cube(
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
-fn status(s: &str) -> AnalysisStatus {
+pub(crate) fn status(s: &str) -> AnalysisStatus {
     // The CHECK constraint admits only the four spellings.
     AnalysisStatus::parse(s).unwrap_or(AnalysisStatus::Pending)
 }

@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers), `/readyz` (dependencies reachable, not draining), `/metrics`.
+//! `/healthz` (the process answers), `/readyz` (started and not draining; dependencies reported),
+//! `/metrics`.
 
 use axum::{
     extract::State,
@@ -12,11 +13,31 @@ use crate::{
     state::AppState,
 };
 
-/// The body of a passing probe.
+/// The body of a passing liveness probe.
 #[derive(Debug, Serialize)]
 pub struct Probe {
     /// `ok`.
     pub status: &'static str,
+}
+
+/// The body of a passing readiness probe: this pod can serve, and how its shared dependencies
+/// answer. An outage of PostgreSQL or Redis shows here, in the logs and in metrics, but does not
+/// fail readiness: it would take every replica out of the Service at once, while the pod still
+/// serves what it can (reads and the live push without PostgreSQL; everything but cross-replica
+/// fan-out without Redis) and answers the rest with the envelope's 503.
+#[derive(Debug, Serialize)]
+pub struct Ready {
+    /// `ok`.
+    pub status: &'static str,
+    /// `ok` or `unreachable`.
+    pub database: &'static str,
+    /// `ok` or `unreachable`.
+    pub redis: &'static str,
+    /// The AI server of this colour: `serving`, `not serving`, `unreachable`.
+    pub ai: &'static str,
+    /// The live push's link to the other replicas: `connected`, `disconnected` (events reach
+    /// this replica's clients only), or `off` (no live push in this process).
+    pub push: &'static str,
 }
 
 /// Alive: answers while the process runs.
@@ -24,10 +45,18 @@ pub async fn healthz() -> ApiOk<Probe> {
     ApiOk(Probe { status: "ok" })
 }
 
-/// Ready: not draining, PostgreSQL and Redis answer within the probe timeout.
+/// Ready: started (the AI server of this colour answered `SERVING` once) and not draining. The
+/// body reports PostgreSQL, Redis and the AI server as they answer now.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.readiness.is_draining() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    if !state.readiness.is_started() {
+        let ai = state.ai_health.borrow().as_str();
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("starting: waiting for the AI server to answer SERVING (it is {ai})"),
+        );
     }
     let db = tokio::time::timeout(
         state.probe_timeout,
@@ -37,15 +66,39 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let ping = redis::cmd("PING");
     let redis = tokio::time::timeout(state.probe_timeout, ping.query_async::<String>(&mut redis));
     let (db, redis) = tokio::join!(db, redis);
-    if !matches!(db, Ok(Ok(_))) {
+    let database = if matches!(db, Ok(Ok(_))) {
+        "ok"
+    } else {
         tracing::warn!(result = ?db.map(|r| r.map(|_| ())), "readiness: database unreachable");
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "database unreachable");
-    }
-    if !matches!(redis, Ok(Ok(_))) {
+        "unreachable"
+    };
+    let redis = if matches!(redis, Ok(Ok(_))) {
+        "ok"
+    } else {
         tracing::warn!(result = ?redis, "readiness: redis unreachable");
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "redis unreachable");
+        "unreachable"
+    };
+    for (dependency, state) in [("database", database), ("redis", redis)] {
+        metrics::gauge!("mutr_dependency_up", "dependency" => dependency).set(if state == "ok" {
+            1.0
+        } else {
+            0.0
+        });
     }
-    ApiOk(Probe { status: "ok" }).into_response()
+    let ai = state.ai_health.borrow().as_str();
+    let push = match state.realtime.as_ref().and_then(|r| r.redis_connected()) {
+        Some(true) => "connected",
+        Some(false) => "disconnected",
+        None => "off",
+    };
+    ApiOk(Ready {
+        status: "ok",
+        database,
+        redis,
+        ai,
+        push,
+    })
+    .into_response()
 }
 
 /// Prometheus text exposition.

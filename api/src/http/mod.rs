@@ -10,7 +10,9 @@ pub mod page;
 pub mod rate_limit;
 pub mod users;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use clap::Args;
 
 use axum::{
     Router,
@@ -23,9 +25,50 @@ use axum::{
 use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, timeout::TimeoutLayer};
 
 use crate::{
-    error::{ApiError, error_response},
+    error::{ApiError, envelope_errors, error_response},
     state::AppState,
 };
+
+/// Sizes, rates and timeouts of the HTTP API.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[arg(long, env = "MUTR_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most nodes one `/api/v1/nodes/viz` answer carries (the newest first).
+    #[arg(long, env = "MUTR_VIZ_MAX_NODES", default_value_t = 5000)]
+    pub viz_max_nodes: u32,
+
+    /// Largest `range` accepted by `/api/v1/nodes/viz`.
+    #[arg(long, env = "MUTR_VIZ_MAX_RANGE", default_value_t = 100_000.0)]
+    pub viz_max_range: f64,
+
+    /// Writes per second that one user may sustain; more get 429.
+    #[arg(long, env = "MUTR_WRITE_RATE_PER_SEC", default_value_t = 2)]
+    pub write_rate_per_sec: u32,
+
+    /// Writes one user may make in a burst above the sustained rate.
+    #[arg(long, env = "MUTR_WRITE_BURST", default_value_t = 10)]
+    pub write_burst: u32,
+
+    /// Longest time one HTTP request may take before it is answered with 503.
+    #[arg(long, env = "MUTR_REQUEST_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            viz_max_nodes: 5000,
+            viz_max_range: 100_000.0,
+            write_rate_per_sec: 2,
+            write_burst: 10,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// The API's routes with every layer applied, ready to serve.
 pub fn app(state: AppState) -> Router {
@@ -43,7 +86,7 @@ pub fn app(state: AppState) -> Router {
         .realtime
         .as_ref()
         .map(crate::realtime::Realtime::router);
-    let app = with_layers(api, &state).with_state(state);
+    let app = with_layers(api, &state.limits, &state.cors_origins).with_state(state);
     // The push routes answer SockJS's own framing and CORS; they stay outside the envelope layers.
     match realtime {
         Some(push) => push.merge(app),
@@ -53,8 +96,10 @@ pub fn app(state: AppState) -> Router {
 
 /// Adds what every API route gets: the envelope for unknown routes, wrong methods, rejections,
 /// timeouts and panics; the body limit; request metrics; CORS when configured.
-pub fn with_layers(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
-    let limits = &state.limits;
+pub fn with_layers<S>(routes: Router<S>, limits: &Limits, cors_origins: &[String]) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     let routes = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -71,7 +116,7 @@ pub fn with_layers(routes: Router<AppState>, state: &AppState) -> Router<AppStat
         ))
         .layer(middleware::from_fn(envelope_errors))
         .layer(middleware::from_fn(track_metrics));
-    match cors(&state.cors_origins) {
+    match cors(cors_origins) {
         Some(layer) => routes.layer(layer),
         None => routes,
     }
@@ -83,34 +128,6 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
-}
-
-/// Gives error answers that axum or tower produced without a body of ours (timeouts, limits) the
-/// envelope too, so that every error a client sees has one shape.
-pub(crate) async fn envelope_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if (status.is_client_error() || status.is_server_error()) && !is_json {
-        let message = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "request body too large",
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => "request timed out",
-            s if s.is_server_error() => "internal error",
-            s => s.canonical_reason().unwrap_or("request failed"),
-        };
-        let mut enveloped = error_response(status, message);
-        for name in [header::RETRY_AFTER, header::ALLOW] {
-            if let Some(v) = response.headers().get(&name) {
-                enveloped.headers_mut().insert(name, v.clone());
-            }
-        }
-        return enveloped;
-    }
-    response
 }
 
 /// Counts requests by route and status and records their latency.

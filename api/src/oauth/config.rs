@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::provider::Provider;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Options of member sign-in, flattened into `mutr-api serve`.
 #[derive(Debug, Clone, Args)]

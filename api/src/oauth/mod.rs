@@ -24,10 +24,10 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::auth::signing::{KeyError, SignError, SigningKey, TokenSigner};
-use crate::config::Secret;
 use crate::db::members;
 use crate::db::users::{self, NewMember};
 use crate::domain::nickname;
+use crate::secret::Secret;
 pub use config::OAuthArgs;
 use provider::{ClientAuth, Provider, ProviderUser, UserInfoError};
 use state::{PendingAuthorization, StateStore, StateStoreError};

@@ -252,7 +252,7 @@ impl Realtime {
         let websocket = Router::new()
             .route("/ws-mutr/websocket", get(ws::raw))
             .route("/ws-mutr/{server}/{session}/websocket", get(ws::sockjs))
-            .route_layer(axum::middleware::from_fn(crate::http::envelope_errors));
+            .route_layer(axum::middleware::from_fn(crate::error::envelope_errors));
         Router::new()
             .route("/ws-mutr", get(xhr::welcome))
             .route("/ws-mutr/", get(xhr::welcome))

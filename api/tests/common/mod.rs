@@ -1,65 +1,97 @@
-//! Test helpers: the real server on `127.0.0.1:0` over a fresh database (from `#[sqlx::test]`),
-//! with a hand-off channel and a broadcaster that prove events leave only after commit.
+//! Test helpers: the real server (`mutr_api::serve`, the wiring production runs) on
+//! `127.0.0.1:0` over a test's own database, real AI server and API processes, private
+//! PostgreSQL and Redis instances a test may break, and the pipeline's invariants read from SQL.
 
 #![allow(dead_code)] // each test binary uses a different part of these helpers
 
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+pub mod invariants;
+pub mod procs;
+pub mod services;
+
+use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use futures::future::BoxFuture;
 use mutr_api::{
     ServeError,
     config::{Cli, Command, ServeArgs},
-    events::{AnalysisRequested, Broadcaster, handoff_channel},
-    realtime::Realtime,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-/// A published event and whether its node was visible (committed) to another connection when
-/// it was published.
-#[derive(Debug, Clone)]
-pub struct Published {
-    pub destination: &'static str,
-    pub body: Value,
-    pub committed_when_published: bool,
+/// How long any wait in these tests may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The URL of the database behind `pool` (a `#[sqlx::test]` database on the test server), so
+/// that the server under test connects to it the way production does.
+pub fn database_url(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("postgres")
+    )
 }
 
-/// Records what is published, checking on a separate connection that the node is committed, and
-/// forwards it to the live push when the server has one.
-pub struct RecordingBroadcaster {
-    pool: PgPool,
-    pub published: Mutex<Vec<Published>>,
-    forward: Option<Realtime>,
+/// `REDIS_URL` from the environment (make test and CI export it), else the local default.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
-impl Broadcaster for RecordingBroadcaster {
-    fn publish(&self, destination: &'static str, body: String) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            if let Some(push) = &self.forward {
-                push.publish(destination, body.clone()).await;
-            }
-            let body: Value = serde_json::from_str(&body).expect("published body is JSON");
-            let id = body["id"].as_i64().expect("published node has an id");
-            let committed =
-                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM nodes WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&self.pool)
-                    .await
-                    .expect("visibility check")
-                    == 1;
-            self.published.lock().unwrap().push(Published {
-                destination,
-                body,
-                committed_when_published: committed,
-            });
-        })
+/// A port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+/// A name no other test uses, for Redis channels and key prefixes on the shared Redis.
+pub fn unique(what: &str) -> String {
+    format!("mutr-test:{what}:{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// Serve arguments for the database of `pool`, as the binary would parse them, plus `extra`
+/// flags (later flags win). The live-push channel and the pipeline's Redis keys are the test's
+/// own; the AI server is a closed port unless `extra` names one.
+pub fn serve_args(pool: &PgPool, extra: &[&str]) -> ServeArgs {
+    let database = database_url(pool);
+    let redis = redis_url();
+    let channel = unique("events");
+    let prefix = unique("analysis");
+    let ai = format!("http://127.0.0.1:{}", closed_port());
+    let mut argv = vec![
+        "mutr-api",
+        "serve",
+        "--database-url",
+        &database,
+        "--redis-url",
+        &redis,
+        "--shutdown-grace",
+        "0s",
+        "--drain-timeout",
+        "5s",
+        "--realtime-redis-channel",
+        &channel,
+        "--analysis-redis-prefix",
+        &prefix,
+        "--ai-url",
+        &ai,
+        "--pod-name",
+        "test-pod",
+    ];
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv)
+        .expect("valid test arguments")
+        .command
+    {
+        Command::Serve(args) => *args,
+        _ => unreachable!(),
     }
 }
 
@@ -68,133 +100,79 @@ pub struct TestServer {
     pub base: String,
     pub http: reqwest::Client,
     pub pool: PgPool,
-    pub broadcaster: Arc<RecordingBroadcaster>,
-    pub handoffs: tokio::sync::Mutex<mpsc::Receiver<AnalysisRequested>>,
     pub shutdown: CancellationToken,
     pub task: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
-/// Serve arguments as the binary would parse them, plus `extra` flags.
-pub fn serve_args(extra: &[&str]) -> ServeArgs {
-    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let mut argv = vec![
-        "mutr-api",
-        "serve",
-        "--database-url",
-        "postgres://unused-the-test-passes-a-pool",
-        "--redis-url",
-        &redis,
-        "--shutdown-grace",
-        "0s",
-        "--drain-timeout",
-        "5s",
-    ];
-    argv.extend_from_slice(extra);
-    match Cli::try_parse_from(argv)
-        .expect("valid test arguments")
-        .command
-    {
-        Command::Serve(args) => *args,
-        Command::Migrate(_) => unreachable!(),
-    }
-}
-
 impl TestServer {
-    /// Starts the server over `pool` with the default limits, except the write rate (off) .
+    /// Starts the server over the database of `pool` with the write rate limit off, and no AI
+    /// server: HTTP and the live push serve, `/readyz` says it is starting, nodes stay `PENDING`.
     pub async fn start(pool: PgPool) -> Self {
         Self::start_with(pool, &["--write-rate-per-sec", "0"]).await
     }
 
-    /// Starts the server over `pool` with extra serve flags.
+    /// As [`start`](Self::start), with extra serve flags.
     pub async fn start_with(pool: PgPool, extra: &[&str]) -> Self {
-        Self::start_args(pool, serve_args(extra)).await
+        let args = serve_args(&pool, extra);
+        let server = Self::spawn(pool, args).await;
+        server.wait_alive().await;
+        server
     }
 
-    /// Starts the server over `pool` with `args`.
-    pub async fn start_args(pool: PgPool, args: ServeArgs) -> Self {
-        Self::start_inner(pool, args, false).await
+    /// Starts the server with the AI server at `ai_url` and waits until it is ready (the AI
+    /// server answered SERVING).
+    pub async fn start_with_ai(pool: PgPool, ai_url: &str, extra: &[&str]) -> Self {
+        let mut flags = vec!["--write-rate-per-sec", "0", "--ai-url", ai_url];
+        flags.extend_from_slice(extra);
+        let args = serve_args(&pool, &flags);
+        let server = Self::spawn(pool, args).await;
+        server.wait_ready().await;
+        server
     }
 
-    /// Starts the server over `pool` with the live push on, its Redis bridge on `channel` (tests
-    /// that run at the same time use different channels), and waits until the bridge is connected.
-    pub async fn start_live(pool: PgPool, channel: &str) -> Self {
-        let args = serve_args(&[
-            "--write-rate-per-sec",
-            "0",
-            "--realtime-redis-channel",
-            channel,
-        ]);
-        Self::start_inner(pool, args, true).await
-    }
-
-    async fn start_inner(pool: PgPool, args: ServeArgs, live: bool) -> Self {
-        let (handoff, handoffs) = handoff_channel(1024);
-        let shutdown = CancellationToken::new();
-        let push = if live {
-            let push = Realtime::start(
-                args.realtime.clone(),
-                Some(args.redis_url.expose().to_owned()),
-                shutdown.child_token(),
-            )
-            .await
-            .expect("live push");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while push.redis_connected() != Some(true) {
-                assert!(
-                    Instant::now() < deadline,
-                    "realtime bridge did not connect to Redis"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Some(push)
-        } else {
-            None
-        };
-        let broadcaster = Arc::new(RecordingBroadcaster {
-            pool: pool.clone(),
-            published: Mutex::new(Vec::new()),
-            forward: push.clone(),
-        });
-        let mut state =
-            mutr_api::build_state(&args, pool.clone(), Arc::new(handoff), broadcaster.clone())
-                .expect("state");
-        if let Some(push) = push {
-            state = state.with_realtime(push);
-        }
+    /// Serves `args` over `pool`'s database without waiting for anything.
+    pub async fn spawn(pool: PgPool, args: ServeArgs) -> Self {
+        // Logs of the server under test (RUST_LOG filters; shown for failing tests).
+        mutr_api::telemetry::init_tracing(mutr_api::telemetry::LogFormat::Text);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
-        let task =
-            tokio::spawn(async move { mutr_api::serve_state(&args, state, listener, stop).await });
-        let server = Self {
+        let task = tokio::spawn(async move { mutr_api::serve(args, listener, stop).await });
+        Self {
             base,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
             pool,
-            broadcaster,
-            handoffs: tokio::sync::Mutex::new(handoffs),
             shutdown,
             task: Some(task),
-        };
-        server.wait_ready().await;
-        server
+        }
     }
 
-    /// Polls `/readyz` until it answers 200, failing after a deadline.
-    pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    /// Polls `path` until it answers 200, failing after a deadline.
+    async fn wait_for_ok(&self, path: &str) {
+        let deadline = Instant::now() + DEADLINE;
         loop {
-            if let Ok(r) = self.http.get(self.url("/readyz")).send().await
+            if let Ok(r) = self.http.get(self.url(path)).send().await
                 && r.status() == StatusCode::OK
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "server did not become ready");
-            tokio::task::yield_now().await;
+            assert!(Instant::now() < deadline, "{path} did not answer 200");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits until the server answers `/healthz`.
+    pub async fn wait_alive(&self) {
+        self.wait_for_ok("/healthz").await;
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        self.wait_for_ok("/readyz").await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -227,26 +205,25 @@ impl TestServer {
             .unwrap()
     }
 
-    /// The next hand-off event, failing after a deadline.
-    pub async fn next_handoff(&self) -> AnalysisRequested {
-        tokio::time::timeout(Duration::from_secs(5), self.handoffs.lock().await.recv())
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
             .await
-            .expect("a hand-off event within 5 s")
-            .expect("hand-off channel open")
-    }
-
-    /// Everything published so far.
-    pub fn published(&self) -> Vec<Published> {
-        self.broadcaster.published.lock().unwrap().clone()
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Cancels the server and waits for it to return.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
+            tokio::time::timeout(Duration::from_secs(20), task)
                 .await
-                .expect("server stops within 10 s")
+                .expect("server stops within 20 s")
                 .expect("server task")
                 .expect("server result");
         }
@@ -297,5 +274,18 @@ pub fn error(response: Response, status: StatusCode) -> impl Future<Output = Str
         let message = body["message"].as_str().unwrap_or_default().to_owned();
         assert!(!message.is_empty(), "at {caller}: empty message");
         message
+    }
+}
+
+/// Waits until `condition` holds, polling every 20 ms, failing with `what` after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

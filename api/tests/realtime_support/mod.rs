@@ -5,7 +5,6 @@
 #![allow(dead_code)] // each test binary uses a different part of these helpers
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -15,6 +14,11 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
+
+#[path = "../common/services.rs"]
+mod services;
+#[allow(unused_imports)] // not every realtime test binary breaks Redis
+pub use services::PrivateRedis;
 
 /// How long any wait in these tests may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -445,79 +449,5 @@ impl XhrClient {
                 Seen::Closed(code) => panic!("closed ({code:?}) before a frame"),
             }
         }
-    }
-}
-
-/// A `redis-server` of the test's own on a free port, which the test may stop and restart.
-pub struct PrivateRedis {
-    pub port: u16,
-    child: Option<Child>,
-    dir: std::path::PathBuf,
-}
-
-impl PrivateRedis {
-    pub async fn start() -> PrivateRedis {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            l.local_addr().expect("address").port()
-        };
-        let dir = std::env::temp_dir().join(format!("mutr-redis-{port}"));
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut r = PrivateRedis {
-            port,
-            child: None,
-            dir,
-        };
-        r.restart().await;
-        r
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Starts the server (again) on the same port and waits until it answers.
-    pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "redis-server already running");
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
-        let child = Command::new(binary)
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (hack/ensure-deps.sh services)");
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).expect("url");
-        wait_for("the private redis-server to answer", || {
-            let client = client.clone();
-            async move {
-                match client.get_multiplexed_async_connection().await {
-                    Ok(mut c) => redis::cmd("PING")
-                        .query_async::<String>(&mut c)
-                        .await
-                        .is_ok(),
-                    Err(_) => false,
-                }
-            }
-        })
-        .await;
-    }
-
-    /// Kills the server (as a crash would) and waits for it to exit.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

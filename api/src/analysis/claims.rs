@@ -1,0 +1,541 @@
+//! Claims in PostgreSQL, the source of truth: taking a node (one conditional `UPDATE` that also
+//! checks the parent has ended and this colour may claim), renewing the lease, and ending the
+//! claim (completed, failed, returned, lost), each fenced on the claim's token and recorded in
+//! `analysis_attempts` in the same statement.
+//!
+//! Every statement reads the clock of the database (`now()`, `clock_timestamp()`), never the
+//! pod's, so leases mean the same on every replica.
+
+use std::time::Duration;
+
+use sqlx::PgExecutor;
+
+use crate::{
+    db::nodes::{NodeRow, status},
+    domain::node::{AnalysisStatus, Node},
+};
+
+/// Who holds a claim: the pod and its colour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The pod's name.
+    pub pod: String,
+    /// The pod's colour.
+    pub color: String,
+}
+
+/// The parent of a claimed node, as the claiming statement read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentState {
+    /// `COMPLETED` or `FAILED`: a claim is only taken once the parent ended.
+    pub status: AnalysisStatus,
+    /// Its stored topic; none when it failed.
+    pub topic: Option<String>,
+}
+
+/// A node this pod holds: what the analysis needs and the token that fences every write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The node.
+    pub node_id: i64,
+    /// The fencing token of this claim; changes on every claim.
+    pub token: i64,
+    /// The node's parent; none for a root.
+    pub parent_id: Option<i64>,
+    /// The node's text.
+    pub content: String,
+    /// How many times the node has been claimed, this claim included.
+    pub claims: i32,
+    /// The parent as the claim read it; none for a root.
+    pub parent: Option<ParentState>,
+}
+
+impl Claim {
+    /// The parent topic to analyse against: empty for a root or when the parent failed.
+    pub fn parent_topic(&self) -> &str {
+        self.parent
+            .as_ref()
+            .and_then(|p| p.topic.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+/// What the AI server said about a node, ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    /// Its topic.
+    pub topic: String,
+    /// One of the seven emotions.
+    pub emotion: String,
+    /// Confidence of the emotion, in [0, 1].
+    pub confidence: f32,
+    /// How far it drifted from its parent, in [0, 1]; 0.0 for a root.
+    pub mutation_score: f64,
+    /// The drift class of that score (`ORIGIN` for a root).
+    pub mutation_filter: &'static str,
+}
+
+/// A claim to hand back: the node, its token and the AI calls made under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The node.
+    pub node_id: i64,
+    /// The claim's token.
+    pub token: i64,
+    /// AI calls made under the claim.
+    pub tries: i32,
+}
+
+fn lease_secs(lease: Duration) -> f64 {
+    lease.as_secs_f64()
+}
+
+struct ClaimRow {
+    id: i64,
+    parent_id: Option<i64>,
+    content: String,
+    claim_token: Option<i64>,
+    attempts: i32,
+    parent_status: Option<String>,
+    parent_topic: Option<String>,
+}
+
+impl From<ClaimRow> for Claim {
+    fn from(r: ClaimRow) -> Self {
+        Self {
+            node_id: r.id,
+            token: r.claim_token.unwrap_or_default(),
+            parent_id: r.parent_id,
+            content: r.content,
+            claims: r.attempts,
+            parent: r.parent_status.map(|s| ParentState {
+                status: status(&s),
+                topic: r.parent_topic,
+            }),
+        }
+    }
+}
+
+/// Claims `node_id` for `owner` with a lease of `lease`, when it is `PENDING` (or `PROCESSING`
+/// with an expired lease), its parent has ended (`COMPLETED` or `FAILED`) and `owner`'s colour
+/// may claim (it is the recorded active colour, or none is recorded). None when any of that does
+/// not hold, or another worker took it first. Records the attempt, and closes the attempt of an
+/// expired claim as `LOST`.
+pub async fn claim_one(
+    db: impl PgExecutor<'_>,
+    node_id: i64,
+    owner: &Owner,
+    lease: Duration,
+) -> Result<Option<Claim>, sqlx::Error> {
+    let row = sqlx::query_as!(
+        ClaimRow,
+        r#"WITH claimed AS (
+            UPDATE nodes n
+            SET analysis_status = 'PROCESSING', claim_owner = $2, claim_color = $3,
+                lease_expires_at = now() + make_interval(secs => $4),
+                claim_token = nextval('analysis_claim_token'), attempts = n.attempts + 1,
+                updated_at = now()
+            WHERE n.id = $1
+              AND (n.analysis_status = 'PENDING'
+                   OR (n.analysis_status = 'PROCESSING' AND n.lease_expires_at < now()))
+              AND COALESCE((SELECT a.color = $3 FROM analysis_active_color a), TRUE)
+              AND (n.parent_id IS NULL OR EXISTS (
+                    SELECT 1 FROM nodes p
+                    WHERE p.id = n.parent_id AND p.analysis_status IN ('COMPLETED', 'FAILED')))
+            RETURNING n.id, n.parent_id, n.content, n.claim_token, n.attempts
+        ),
+        with_parent AS (
+            SELECT c.id, c.parent_id, c.content, c.claim_token, c.attempts,
+                   p.analysis_status AS parent_status, p.topic AS parent_topic
+            FROM claimed c LEFT JOIN nodes p ON p.id = c.parent_id
+        ),
+        expired AS (
+            UPDATE analysis_attempts a
+            SET finished_at = clock_timestamp(), outcome = 'LOST', error = 'lease expired'
+            FROM claimed c
+            WHERE a.node_id = c.id AND a.finished_at IS NULL
+        ),
+        recorded AS (
+            INSERT INTO analysis_attempts (node_id, owner, color, token, parent_status, parent_topic)
+            SELECT id, $2, $3, claim_token, parent_status, parent_topic FROM with_parent
+        )
+        SELECT id AS "id!", parent_id AS "parent_id?", content AS "content!",
+               claim_token AS "claim_token?", attempts AS "attempts!",
+               parent_status AS "parent_status?", parent_topic AS "parent_topic?"
+        FROM with_parent"#,
+        node_id,
+        owner.pod,
+        owner.color,
+        lease_secs(lease),
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(Into::into))
+}
+
+/// Claims up to `limit` nodes that are ready and held by nobody, oldest first: `PENDING`, or
+/// `PROCESSING` with an expired lease, whose parent has ended. Rows another transaction has
+/// locked are skipped (`FOR UPDATE SKIP LOCKED`), so replicas sweeping at once never take the same
+/// node. Nothing when `owner`'s colour may not claim.
+pub async fn claim_ready(
+    db: impl PgExecutor<'_>,
+    owner: &Owner,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<Claim>, sqlx::Error> {
+    let rows = sqlx::query_as!(
+        ClaimRow,
+        r#"WITH candidate AS (
+            SELECT n.id FROM nodes n
+            WHERE n.analysis_status IN ('PENDING', 'PROCESSING')
+              AND (n.analysis_status = 'PENDING' OR n.lease_expires_at < now())
+              AND (n.parent_id IS NULL OR EXISTS (
+                    SELECT 1 FROM nodes p
+                    WHERE p.id = n.parent_id AND p.analysis_status IN ('COMPLETED', 'FAILED')))
+              AND COALESCE((SELECT a.color = $2 FROM analysis_active_color a), TRUE)
+            ORDER BY n.id
+            LIMIT $4
+            FOR UPDATE OF n SKIP LOCKED
+        ),
+        claimed AS (
+            UPDATE nodes n
+            SET analysis_status = 'PROCESSING', claim_owner = $1, claim_color = $2,
+                lease_expires_at = now() + make_interval(secs => $3),
+                claim_token = nextval('analysis_claim_token'), attempts = n.attempts + 1,
+                updated_at = now()
+            FROM candidate
+            WHERE n.id = candidate.id
+            RETURNING n.id, n.parent_id, n.content, n.claim_token, n.attempts
+        ),
+        with_parent AS (
+            SELECT c.id, c.parent_id, c.content, c.claim_token, c.attempts,
+                   p.analysis_status AS parent_status, p.topic AS parent_topic
+            FROM claimed c LEFT JOIN nodes p ON p.id = c.parent_id
+        ),
+        expired AS (
+            UPDATE analysis_attempts a
+            SET finished_at = clock_timestamp(), outcome = 'LOST', error = 'lease expired'
+            FROM claimed c
+            WHERE a.node_id = c.id AND a.finished_at IS NULL
+        ),
+        recorded AS (
+            INSERT INTO analysis_attempts (node_id, owner, color, token, parent_status, parent_topic)
+            SELECT id, $1, $2, claim_token, parent_status, parent_topic FROM with_parent
+        )
+        SELECT id AS "id!", parent_id AS "parent_id?", content AS "content!",
+               claim_token AS "claim_token?", attempts AS "attempts!",
+               parent_status AS "parent_status?", parent_topic AS "parent_topic?"
+        FROM with_parent ORDER BY id"#,
+        owner.pod,
+        owner.color,
+        lease_secs(lease),
+        limit,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// Extends the lease of every claim in `held` that is still this worker's; the node ids whose
+/// claim is still held (a missing one was lost: expired and taken, or recovered).
+pub async fn renew(
+    db: impl PgExecutor<'_>,
+    held: &[(i64, i64)],
+    lease: Duration,
+) -> Result<Vec<i64>, sqlx::Error> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = held.iter().map(|h| h.0).collect();
+    let tokens: Vec<i64> = held.iter().map(|h| h.1).collect();
+    sqlx::query_scalar!(
+        r#"UPDATE nodes n SET lease_expires_at = now() + make_interval(secs => $3)
+        FROM unnest($1::bigint[], $2::bigint[]) AS h(id, token)
+        WHERE n.id = h.id AND n.claim_token = h.token AND n.analysis_status = 'PROCESSING'
+        RETURNING n.id"#,
+        &ids,
+        &tokens,
+        lease_secs(lease),
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Stores the analysis of a claimed node as `COMPLETED`, fenced on the claim's token; the node as
+/// clients see it, or none when the claim was lost meanwhile (then nothing is written to the node
+/// and the attempt is closed as `LOST`).
+pub async fn complete(
+    db: impl PgExecutor<'_>,
+    claim: &Claim,
+    analysis: &Analysis,
+    tries: i32,
+) -> Result<Option<Node>, sqlx::Error> {
+    let row = sqlx::query_as!(
+        NodeRow,
+        r#"WITH done AS (
+            UPDATE nodes
+            SET analysis_status = 'COMPLETED', topic = $3, emotion = $4, confidence = $5,
+                mutation_score = $6, mutation_filter = $7, lease_expires_at = NULL,
+                last_error = NULL, updated_at = now()
+            WHERE id = $1 AND claim_token = $2 AND analysis_status = 'PROCESSING'
+            RETURNING id, content, author_id, topic, emotion, mutation_filter, mutation_score,
+                      x, y, z, parent_id, root_id, created_at, analysis_status
+        ),
+        recorded AS (
+            UPDATE analysis_attempts
+            SET finished_at = clock_timestamp(), tries = $8,
+                outcome = CASE WHEN EXISTS (SELECT 1 FROM done) THEN 'COMPLETED' ELSE 'LOST' END,
+                error = CASE WHEN EXISTS (SELECT 1 FROM done) THEN NULL
+                             ELSE 'claim lost before the result was stored' END
+            WHERE token = $2 AND finished_at IS NULL
+        )
+        SELECT d.id AS "id!", d.content AS "content!", u.nickname AS author_nickname,
+               d.topic, d.emotion AS "emotion!", d.mutation_filter, d.mutation_score,
+               d.x AS "x!", d.y AS "y!", d.z AS "z!", d.parent_id, d.root_id AS "root_id!",
+               d.created_at AS "created_at!", d.analysis_status AS "analysis_status!"
+        FROM done d JOIN users u ON u.id = d.author_id"#,
+        claim.node_id,
+        claim.token,
+        analysis.topic,
+        analysis.emotion,
+        analysis.confidence,
+        analysis.mutation_score,
+        analysis.mutation_filter,
+        tries,
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(Into::into))
+}
+
+/// Ends a claimed node as `FAILED` with `reason`, fenced on the claim's token; the node as
+/// clients see it, or none when the claim was lost meanwhile.
+pub async fn fail(
+    db: impl PgExecutor<'_>,
+    claim: &Claim,
+    reason: &str,
+    tries: i32,
+) -> Result<Option<Node>, sqlx::Error> {
+    let row = sqlx::query_as!(
+        NodeRow,
+        r#"WITH done AS (
+            UPDATE nodes
+            SET analysis_status = 'FAILED', last_error = $3, lease_expires_at = NULL,
+                updated_at = now()
+            WHERE id = $1 AND claim_token = $2 AND analysis_status = 'PROCESSING'
+            RETURNING id, content, author_id, topic, emotion, mutation_filter, mutation_score,
+                      x, y, z, parent_id, root_id, created_at, analysis_status
+        ),
+        recorded AS (
+            UPDATE analysis_attempts
+            SET finished_at = clock_timestamp(), tries = $4, error = $3,
+                outcome = CASE WHEN EXISTS (SELECT 1 FROM done) THEN 'FAILED' ELSE 'LOST' END
+            WHERE token = $2 AND finished_at IS NULL
+        )
+        SELECT d.id AS "id!", d.content AS "content!", u.nickname AS author_nickname,
+               d.topic, d.emotion AS "emotion!", d.mutation_filter, d.mutation_score,
+               d.x AS "x!", d.y AS "y!", d.z AS "z!", d.parent_id, d.root_id AS "root_id!",
+               d.created_at AS "created_at!", d.analysis_status AS "analysis_status!"
+        FROM done d JOIN users u ON u.id = d.author_id"#,
+        claim.node_id,
+        claim.token,
+        reason,
+        tries,
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(Into::into))
+}
+
+/// Hands claims back: each node still held under its token goes back to `PENDING` (its attempt
+/// `RETURNED` with `reason`); an attempt whose claim was already gone is closed as `LOST`. The
+/// number of nodes returned.
+pub async fn give_back(
+    db: impl PgExecutor<'_>,
+    held: &[Held],
+    reason: &str,
+) -> Result<u64, sqlx::Error> {
+    if held.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = held.iter().map(|h| h.node_id).collect();
+    let tokens: Vec<i64> = held.iter().map(|h| h.token).collect();
+    let tries: Vec<i32> = held.iter().map(|h| h.tries).collect();
+    let returned = sqlx::query_scalar!(
+        r#"WITH back AS (
+            UPDATE nodes n
+            SET analysis_status = 'PENDING', claim_owner = NULL, claim_color = NULL,
+                lease_expires_at = NULL, updated_at = now()
+            FROM unnest($1::bigint[], $2::bigint[]) AS h(id, token)
+            WHERE n.id = h.id AND n.claim_token = h.token AND n.analysis_status = 'PROCESSING'
+            RETURNING n.claim_token
+        ),
+        recorded AS (
+            UPDATE analysis_attempts a
+            SET finished_at = clock_timestamp(), tries = t.tries,
+                outcome = CASE WHEN a.token IN (SELECT claim_token FROM back) THEN 'RETURNED'
+                               ELSE 'LOST' END,
+                error = $4
+            FROM unnest($2::bigint[], $3::int[]) AS t(token, tries)
+            WHERE a.token = t.token AND a.finished_at IS NULL
+        )
+        SELECT count(*) AS "count!" FROM back"#,
+        &ids,
+        &tokens,
+        &tries,
+        reason,
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(u64::try_from(returned).unwrap_or_default())
+}
+
+/// Closes the attempt of a claim that was lost before anything was stored.
+pub async fn close_lost(
+    db: impl PgExecutor<'_>,
+    token: i64,
+    tries: i32,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE analysis_attempts SET finished_at = clock_timestamp(), outcome = 'LOST',
+             tries = $2, error = $3
+         WHERE token = $1 AND finished_at IS NULL",
+        token,
+        tries,
+        error,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The status of one node; none when it does not exist.
+pub async fn status_of(
+    db: impl PgExecutor<'_>,
+    node_id: i64,
+) -> Result<Option<AnalysisStatus>, sqlx::Error> {
+    let s = sqlx::query_scalar!("SELECT analysis_status FROM nodes WHERE id = $1", node_id)
+        .fetch_optional(db)
+        .await?;
+    Ok(s.as_deref().map(status))
+}
+
+/// The `PENDING` children of `parent_id`: who to dispatch once it ended, when Redis cannot say.
+pub async fn pending_children(
+    db: impl PgExecutor<'_>,
+    parent_id: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT id FROM nodes WHERE parent_id = $1 AND analysis_status = 'PENDING' ORDER BY id",
+        parent_id
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Unfinished nodes whose parent is unfinished too, after `after_id`, oldest first: `(child,
+/// parent)` pairs to park in Redis at recovery.
+pub async fn waiting(
+    db: impl PgExecutor<'_>,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT n.id, p.id AS parent_id
+        FROM nodes n JOIN nodes p ON p.id = n.parent_id
+        WHERE n.analysis_status IN ('PENDING', 'PROCESSING') AND n.id > $1
+          AND p.analysis_status IN ('PENDING', 'PROCESSING')
+        ORDER BY n.id
+        LIMIT $2"#,
+        after_id,
+        limit,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.parent_id)).collect())
+}
+
+/// Nodes by analysis status, for the metrics: the unfinished ones through their partial index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unfinished {
+    /// `PENDING` nodes.
+    pub pending: i64,
+    /// `PROCESSING` nodes.
+    pub processing: i64,
+}
+
+/// How many nodes are `PENDING` and `PROCESSING` (read through the partial index of unfinished
+/// nodes, so it costs what is unfinished, not the size of the galaxy).
+pub async fn unfinished(db: impl PgExecutor<'_>) -> Result<Unfinished, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT count(*) FILTER (WHERE analysis_status = 'PENDING') AS "pending!",
+                  count(*) FILTER (WHERE analysis_status = 'PROCESSING') AS "processing!"
+        FROM nodes WHERE analysis_status IN ('PENDING', 'PROCESSING')"#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(Unfinished {
+        pending: row.pending,
+        processing: row.processing,
+    })
+}
+
+/// How many nodes ended `COMPLETED` and `FAILED` (a count over the whole table: run it rarely).
+pub async fn ended(db: impl PgExecutor<'_>) -> Result<(i64, i64), sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT count(*) FILTER (WHERE analysis_status = 'COMPLETED') AS "completed!",
+                  count(*) FILTER (WHERE analysis_status = 'FAILED') AS "failed!"
+        FROM nodes"#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((row.completed, row.failed))
+}
+
+/// What `recover --from-color` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Claims of the colour returned to `PENDING`.
+    pub returned: u64,
+    /// Nodes still `PROCESSING` under the colour afterwards (0 unless the colour still claims).
+    pub still_processing: u64,
+}
+
+/// Returns every node claimed by `color` to `PENDING`, closing their attempts as `RECOVERED`.
+pub async fn recover_color(
+    db: impl PgExecutor<'_> + Copy,
+    color: &str,
+) -> Result<Recovered, sqlx::Error> {
+    let returned = sqlx::query_scalar!(
+        r#"WITH back AS (
+            UPDATE nodes
+            SET analysis_status = 'PENDING', claim_owner = NULL, claim_color = NULL,
+                lease_expires_at = NULL, updated_at = now()
+            WHERE analysis_status = 'PROCESSING' AND claim_color = $1
+            RETURNING claim_token
+        ),
+        recorded AS (
+            UPDATE analysis_attempts a
+            SET finished_at = clock_timestamp(), outcome = 'RECOVERED',
+                error = 'returned by recover --from-color ' || $1
+            FROM back
+            WHERE a.token = back.claim_token AND a.finished_at IS NULL
+        )
+        SELECT count(*) AS "count!" FROM back"#,
+        color,
+    )
+    .fetch_one(db)
+    .await?;
+    let still = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM nodes
+        WHERE analysis_status = 'PROCESSING' AND claim_color = $1"#,
+        color
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(Recovered {
+        returned: u64::try_from(returned).unwrap_or_default(),
+        still_processing: u64::try_from(still).unwrap_or_default(),
+    })
+}

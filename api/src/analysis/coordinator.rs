@@ -1,0 +1,188 @@
+//! Parent-before-child ordering in Redis: which nodes are active (their children must wait) and
+//! which children wait for which parent. Each step that reads and writes is one Lua script, so it
+//! is atomic: no child can be parked on a list its parent has already released, the race that
+//! left the old system's children waiting for ever.
+//!
+//! Redis only speeds things up. Every key expires, and a flushed or unreachable Redis loses
+//! nothing: PostgreSQL says whether a parent has ended, each claim checks it again, and the
+//! sweeper dispatches whatever Redis forgot (see `recovery`).
+//!
+//! Keys, under the configured prefix: `active:{id}` (a string: the node is unfinished) and
+//! `waiting:{id}` (a set of the child ids parked on it). All keys of one call share the prefix;
+//! on a Redis Cluster, put a hash tag in the prefix (`mutr:{analysis}:`) so they share a slot.
+
+use std::time::Duration;
+
+use redis::{Script, aio::ConnectionManager};
+
+/// What [`Coordinator::hold`] decided for a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Its parent is active: the child is parked on it and will be released with it.
+    Parked,
+    /// Redis does not know the parent as active: ask PostgreSQL.
+    Unknown,
+}
+
+/// The Redis side of the ordering, cheap to clone.
+#[derive(Clone)]
+pub struct Coordinator {
+    redis: ConnectionManager,
+    prefix: String,
+    ttl_secs: u64,
+    mark: Script,
+    hold: Script,
+    park: Script,
+    release: Script,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("prefix", &self.prefix)
+            .field("ttl_secs", &self.ttl_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Marks a node active. KEYS: active:node. ARGV: ttl.
+const MARK: &str = r"
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return 1
+";
+
+/// Check-and-hold. Marks the child active, and parks it on its parent when the parent is active.
+/// KEYS: active:parent, waiting:parent, active:child. ARGV: child id, ttl.
+/// Returns 1 when parked, 0 when the parent is not known as active.
+const HOLD: &str = r"
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Parks a child on a parent that PostgreSQL says is unfinished, marking both active.
+/// KEYS: active:parent, waiting:parent, active:child. ARGV: child id, ttl.
+const PARK: &str = r"
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
+return 1
+";
+
+/// Complete-and-release. The node is no longer active; returns and forgets its waiting children.
+/// KEYS: active:node, waiting:node.
+const RELEASE: &str = r"
+redis.call('DEL', KEYS[1])
+local children = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2])
+return children
+";
+
+impl Coordinator {
+    /// A coordinator over `redis`, its keys under `prefix`, expiring after `ttl`.
+    pub fn new(redis: ConnectionManager, prefix: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            redis,
+            prefix: prefix.into(),
+            ttl_secs: ttl.as_secs().max(1),
+            mark: Script::new(MARK),
+            hold: Script::new(HOLD),
+            park: Script::new(PARK),
+            release: Script::new(RELEASE),
+        }
+    }
+
+    fn active(&self, id: i64) -> String {
+        format!("{}active:{id}", self.prefix)
+    }
+
+    fn waiting(&self, id: i64) -> String {
+        format!("{}waiting:{id}", self.prefix)
+    }
+
+    /// Marks `node` active, so that its children wait for it.
+    pub async fn mark(&self, node: i64) -> redis::RedisResult<()> {
+        let mut redis = self.redis.clone();
+        self.mark
+            .key(self.active(node))
+            .arg(self.ttl_secs)
+            .invoke_async::<i64>(&mut redis)
+            .await
+            .map(drop)
+    }
+
+    /// Check-and-hold: marks `child` active and parks it on `parent` when the parent is active,
+    /// in one atomic step.
+    pub async fn hold(&self, parent: i64, child: i64) -> redis::RedisResult<Hold> {
+        let mut redis = self.redis.clone();
+        let parked: i64 = self
+            .hold
+            .key(self.active(parent))
+            .key(self.waiting(parent))
+            .key(self.active(child))
+            .arg(child)
+            .arg(self.ttl_secs)
+            .invoke_async(&mut redis)
+            .await?;
+        Ok(if parked == 1 {
+            Hold::Parked
+        } else {
+            Hold::Unknown
+        })
+    }
+
+    /// Parks `child` on `parent`, which PostgreSQL says is unfinished, marking both active. The
+    /// caller must then look at the parent in PostgreSQL again and [`release`](Self::release) it
+    /// if it ended meanwhile: its own release may have run before this park.
+    pub async fn park(&self, parent: i64, child: i64) -> redis::RedisResult<()> {
+        let mut redis = self.redis.clone();
+        self.park
+            .key(self.active(parent))
+            .key(self.waiting(parent))
+            .key(self.active(child))
+            .arg(child)
+            .arg(self.ttl_secs)
+            .invoke_async::<i64>(&mut redis)
+            .await
+            .map(drop)
+    }
+
+    /// Parks many `(child, parent)` pairs in one round trip (recovery).
+    pub async fn park_many(&self, pairs: &[(i64, i64)]) -> redis::RedisResult<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for &(child, parent) in pairs {
+            let mut invocation = self.park.key(self.active(parent));
+            invocation
+                .key(self.waiting(parent))
+                .key(self.active(child))
+                .arg(child)
+                .arg(self.ttl_secs);
+            pipe.invoke_script(&invocation).ignore();
+        }
+        let mut redis = self.redis.clone();
+        // A pipeline's scripts are loaded first, so EVALSHA cannot miss.
+        self.park.prepare_invoke().load_async(&mut redis).await?;
+        pipe.query_async::<()>(&mut redis).await
+    }
+
+    /// Complete-and-release: `node` ended; it is no longer active, and the children parked on it
+    /// are returned (and forgotten) in the same atomic step.
+    pub async fn release(&self, node: i64) -> redis::RedisResult<Vec<i64>> {
+        let mut redis = self.redis.clone();
+        let children: Vec<String> = self
+            .release
+            .key(self.active(node))
+            .key(self.waiting(node))
+            .invoke_async(&mut redis)
+            .await?;
+        Ok(children.iter().filter_map(|c| c.parse().ok()).collect())
+    }
+}

@@ -1,0 +1,841 @@
+//! The dispatcher: from a committed node to its stored analysis.
+//!
+//! - **Intake** reads the hand-off of the node writer and orders each node after its parent
+//!   ([`Dispatcher::order`]): ready at once when the event carries the parent's topic or the node is
+//!   a root; parked in Redis when the parent is active there; else PostgreSQL decides.
+//! - **Workers**: at most `MUTR_ANALYSIS_CONCURRENCY` nodes are analysed at once. A worker claims
+//!   its node in PostgreSQL (the claim checks the parent again), calls the AI server with retries,
+//!   stores the result fenced on its claim, broadcasts it, and releases the children parked on it.
+//! - **Renewal** extends the lease of every claim held here, in one statement, every third of the
+//!   lease; a claim found lost has its work cancelled.
+//! - **Drain** (on shutdown, or when this colour stops being active): no new claims; analyses in
+//!   flight finish within the drain timeout, then what is still held goes back to `PENDING`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use mutr_proto::AnalysisRequest;
+use sqlx::PgPool;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tracing::Instrument as _;
+
+use super::{
+    ai::{AiClient, AiHealth},
+    claims::{self, Claim, Held, Owner},
+    coordinator::{Coordinator, Hold},
+    policy::{self, Exhausted, Fault, RetryPolicy},
+};
+use crate::{
+    db,
+    domain::{lineage::LineageContext, node::AnalysisStatus},
+    events::{AnalysisRequested, GALAXY_TOPIC, SharedBroadcaster},
+};
+
+/// Timings and limits of the workers.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Who claims.
+    pub owner: Owner,
+    /// Nodes analysed at once.
+    pub concurrency: usize,
+    /// How long a claim lasts without renewal.
+    pub lease: Duration,
+    /// How AI calls are retried.
+    pub retry: RetryPolicy,
+    /// Claims of one node after which it fails.
+    pub max_claims: u32,
+    /// Ordering steps (Redis and PostgreSQL look-ups) run at once.
+    pub ordering_concurrency: usize,
+}
+
+/// A node to analyse.
+#[derive(Debug)]
+pub enum Job {
+    /// Ready as far as this pod knows; the claim checks again. The context comes with it when it
+    /// is known to be current (the event of a node whose parent had a topic already).
+    Ready {
+        /// The node.
+        node_id: i64,
+        /// Its lineage window, when current.
+        context: Option<LineageContext>,
+    },
+    /// Already claimed (by the sweeper).
+    Claimed(Claim),
+}
+
+/// Why a claim's work stopped before its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The lease was lost (expired and taken, or recovered).
+    Lost,
+    /// The pod drains or stopped being active, past its drain timeout.
+    Drain,
+}
+
+struct Holding {
+    token: i64,
+    tries: i32,
+    cancel: CancellationToken,
+    stop: Option<Stop>,
+}
+
+/// What the dispatcher shares between its tasks.
+pub struct Dispatcher {
+    pub(super) pool: PgPool,
+    pub(super) coordinator: Coordinator,
+    pub(super) ai: AiClient,
+    pub(super) broadcaster: SharedBroadcaster,
+    pub(super) settings: Settings,
+    /// Claims held here, by node id.
+    held: Mutex<HashMap<i64, Holding>>,
+    /// Free worker slots.
+    pub(super) workers: Arc<Semaphore>,
+    /// Ready nodes waiting for a worker.
+    ready: mpsc::Sender<Job>,
+    /// Whether this pod's colour may claim.
+    pub(super) claiming: watch::Receiver<bool>,
+    /// The AI server's health.
+    pub(super) ai_health: watch::Receiver<AiHealth>,
+    /// Makes the sweeper run now.
+    pub(super) wake: Arc<Notify>,
+    /// Set when the last sweep found more ready work than it could take.
+    pub(super) backlog: AtomicBool,
+    /// Cancelled when the pod stops claiming for good (shutdown).
+    pub(super) stopping: CancellationToken,
+    /// Cancelled when work in flight must stop (drain timeout).
+    abort: CancellationToken,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts a [`Dispatcher`] is built from.
+pub struct Parts {
+    /// PostgreSQL.
+    pub pool: PgPool,
+    /// Redis ordering.
+    pub coordinator: Coordinator,
+    /// The AI server.
+    pub ai: AiClient,
+    /// Live clients.
+    pub broadcaster: SharedBroadcaster,
+    /// Timings and limits.
+    pub settings: Settings,
+    /// Whether this pod may claim.
+    pub claiming: watch::Receiver<bool>,
+    /// The AI server's health.
+    pub ai_health: watch::Receiver<AiHealth>,
+    /// Sweeper wake-ups.
+    pub wake: Arc<Notify>,
+}
+
+impl Dispatcher {
+    /// A dispatcher and the receiving end of its ready queue (of `queue` jobs), for [`run`].
+    pub fn new(parts: Parts, queue: usize) -> (Arc<Self>, mpsc::Receiver<Job>) {
+        let (ready, jobs) = mpsc::channel(queue.max(1));
+        let workers = Arc::new(Semaphore::new(parts.settings.concurrency.max(1)));
+        let dispatcher = Arc::new(Self {
+            pool: parts.pool,
+            coordinator: parts.coordinator,
+            ai: parts.ai,
+            broadcaster: parts.broadcaster,
+            settings: parts.settings,
+            held: Mutex::new(HashMap::new()),
+            workers,
+            ready,
+            claiming: parts.claiming,
+            ai_health: parts.ai_health,
+            wake: parts.wake,
+            backlog: AtomicBool::new(false),
+            stopping: CancellationToken::new(),
+            abort: CancellationToken::new(),
+        });
+        (dispatcher, jobs)
+    }
+
+    /// Whether this pod takes new claims now.
+    pub(super) fn may_claim(&self) -> bool {
+        *self.claiming.borrow()
+            && self.ai_health.borrow().is_serving()
+            && !self.stopping.is_cancelled()
+    }
+
+    /// Claims held here now.
+    pub fn held_count(&self) -> usize {
+        self.held.lock().map(|h| h.len()).unwrap_or_default()
+    }
+
+    /// Queues a ready node without waiting; a full queue leaves it `PENDING` for the sweeper.
+    fn enqueue(&self, job: Job) {
+        if let Err(e) = self.ready.try_send(job) {
+            metrics::counter!("mutr_analysis_queue_full_total").increment(1);
+            tracing::debug!(error = %e, "ready queue full; the sweeper takes the node later");
+            self.backlog.store(true, Ordering::Relaxed);
+        } else {
+            metrics::gauge!("mutr_analysis_ready_queue").increment(1.0);
+        }
+    }
+
+    /// Orders one committed node after its parent (DESIGN.md step 2) and queues it when ready.
+    pub async fn order(self: &Arc<Self>, event: AnalysisRequested) {
+        let node = event.node_id;
+        let context = LineageContext {
+            full_context: event.full_context,
+            baseline_topic: event.baseline_topic,
+        };
+        let Some(parent) = event.parent_id else {
+            self.mark(node).await;
+            return self.queue(Job::Ready {
+                node_id: node,
+                context: Some(context),
+            });
+        };
+        if event.parent_topic_hint.is_some() {
+            // The parent was COMPLETED when the node was stored, so every ancestor had ended and
+            // the lineage window's baseline topic is current.
+            self.mark(node).await;
+            return self.queue(Job::Ready {
+                node_id: node,
+                context: Some(context),
+            });
+        }
+        let held = match self.coordinator.hold(parent, node).await {
+            Ok(h) => Some(h),
+            Err(e) => {
+                redis_fallback("hold", &e);
+                None
+            }
+        };
+        if held == Some(Hold::Parked) {
+            metrics::counter!("mutr_analysis_parked_total").increment(1);
+            return;
+        }
+        self.order_by_database(parent, node, held.is_some()).await;
+    }
+
+    /// The parent is not known as active in Redis: PostgreSQL decides. An ended parent makes the
+    /// node ready; an unfinished one gets the node parked on it, and is looked at again after the
+    /// park, since its own release may have run before.
+    async fn order_by_database(self: &Arc<Self>, parent: i64, node: i64, redis_up: bool) {
+        match claims::status_of(&self.pool, parent).await {
+            Ok(Some(s)) if ended(s) => self.queue(Job::Ready {
+                node_id: node,
+                context: None,
+            }),
+            Ok(_) if redis_up => {
+                if let Err(e) = self.coordinator.park(parent, node).await {
+                    redis_fallback("park", &e);
+                    return;
+                }
+                metrics::counter!("mutr_analysis_parked_total").increment(1);
+                if let Ok(Some(s)) = claims::status_of(&self.pool, parent).await
+                    && ended(s)
+                {
+                    self.release(parent).await;
+                }
+            }
+            // Redis is down: the parent's worker finds its PENDING children in PostgreSQL when it
+            // ends, and the sweeper covers the rest.
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(node, parent, error = %e, "cannot read the parent; the sweeper takes the node later");
+            }
+        }
+    }
+
+    fn queue(&self, job: Job) {
+        self.enqueue(job);
+    }
+
+    async fn mark(&self, node: i64) {
+        if let Err(e) = self.coordinator.mark(node).await {
+            redis_fallback("mark", &e);
+        }
+    }
+
+    /// Releases the children waiting for `node` (which ended) and queues them: from Redis, or
+    /// from PostgreSQL when Redis cannot answer.
+    pub(super) async fn release(&self, node: i64) {
+        let children = match self.coordinator.release(node).await {
+            Ok(children) => children,
+            Err(e) => {
+                redis_fallback("release", &e);
+                match claims::pending_children(&self.pool, node).await {
+                    Ok(children) => children,
+                    Err(e) => {
+                        tracing::warn!(node, error = %e, "cannot find the children of an ended node; the sweeper takes them later");
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        if !children.is_empty() {
+            metrics::counter!("mutr_analysis_released_total").increment(children.len() as u64);
+        }
+        for child in children {
+            self.enqueue(Job::Ready {
+                node_id: child,
+                context: None,
+            });
+        }
+    }
+
+    /// Analyses one job on a worker slot.
+    pub(super) async fn process(self: Arc<Self>, job: Job, _slot: OwnedSemaphorePermit) {
+        let claim = match job {
+            Job::Claimed(claim) => claim,
+            Job::Ready { node_id, context } => {
+                match claims::claim_one(
+                    &self.pool,
+                    node_id,
+                    &self.settings.owner,
+                    self.settings.lease,
+                )
+                .await
+                {
+                    Ok(Some(claim)) if self.stopping.is_cancelled() => {
+                        // Drain began while the claim was being taken.
+                        let held = Held {
+                            node_id,
+                            token: claim.token,
+                            tries: 0,
+                        };
+                        return self.give_back(&[held], "drained").await;
+                    }
+                    Ok(Some(claim)) => return self.analyse(claim, context).await,
+                    Ok(None) => {
+                        metrics::counter!("mutr_analysis_claim_conflicts_total").increment(1);
+                        // Taken by another worker, not ready, or already ended. In the last case
+                        // it may still be marked active (its event came late): release it.
+                        if let Ok(Some(s)) = claims::status_of(&self.pool, node_id).await
+                            && ended(s)
+                        {
+                            self.release(node_id).await;
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(node_id, error = %e, "claim failed; the sweeper takes the node later");
+                        return;
+                    }
+                }
+            }
+        };
+        self.analyse(claim, None).await;
+    }
+
+    async fn analyse(self: Arc<Self>, claim: Claim, context: Option<LineageContext>) {
+        let span = tracing::info_span!("analysis", node_id = claim.node_id, token = claim.token);
+        self.analyse_in_span(claim, context).instrument(span).await;
+    }
+
+    async fn analyse_in_span(self: Arc<Self>, claim: Claim, context: Option<LineageContext>) {
+        let node_id = claim.node_id;
+        let cancel = self.hold(&claim);
+        metrics::counter!("mutr_analysis_started_total").increment(1);
+        metrics::gauge!("mutr_analysis_in_flight").increment(1.0);
+        let started = Instant::now();
+        let outcome = self.run_claim(&claim, context, &cancel).await;
+        metrics::gauge!("mutr_analysis_in_flight").decrement(1.0);
+        let (tries, stop) = self.unhold(node_id);
+        let stored = match outcome {
+            Outcome::Analysed(analysis) => {
+                let (claim, analysis) = (&claim, &analysis);
+                self.store(claim, tries, |db| async move {
+                    claims::complete(&db, claim, analysis, tries).await
+                })
+                .await
+            }
+            Outcome::Failed(reason) => {
+                let (claim, reason) = (&claim, reason.as_str());
+                self.store(claim, tries, |db| async move {
+                    claims::fail(&db, claim, reason, tries).await
+                })
+                .await
+            }
+            Outcome::GiveBack(reason) => {
+                self.give_back(
+                    &[Held {
+                        node_id,
+                        token: claim.token,
+                        tries,
+                    }],
+                    &reason,
+                )
+                .await;
+                return;
+            }
+            Outcome::Stopped => {
+                match stop {
+                    Some(Stop::Lost) | None => {
+                        metrics::counter!("mutr_analysis_lost_total").increment(1);
+                        let _ = claims::close_lost(
+                            &self.pool,
+                            claim.token,
+                            tries,
+                            "claim lost while analysing",
+                        )
+                        .await;
+                    }
+                    Some(Stop::Drain) => {
+                        self.give_back(
+                            &[Held {
+                                node_id,
+                                token: claim.token,
+                                tries,
+                            }],
+                            "drained",
+                        )
+                        .await;
+                    }
+                }
+                return;
+            }
+        };
+        let Some(node) = stored else {
+            return;
+        };
+        let status = node.analysis_status;
+        match status {
+            AnalysisStatus::Completed => {
+                metrics::counter!("mutr_analysis_completed_total").increment(1);
+                let age = (chrono::Utc::now() - node.created_at).num_milliseconds() as f64 / 1000.0;
+                metrics::histogram!("mutr_analysis_create_to_analysed_seconds")
+                    .record(age.max(0.0));
+            }
+            _ => metrics::counter!("mutr_analysis_failed_total").increment(1),
+        }
+        metrics::histogram!("mutr_analysis_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        tracing::info!(node_id, status = ?status, topic = node.topic.as_deref().unwrap_or(""), "analysis stored");
+        match serde_json::to_string(&node) {
+            Ok(json) => self.broadcaster.publish(GALAXY_TOPIC, json).await,
+            Err(e) => tracing::error!(node_id, error = %e, "node not serialisable for broadcast"),
+        }
+        self.release(node_id).await;
+        if self.backlog.swap(false, Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Stores the end of a claim, retrying while PostgreSQL is unreachable (an unknown outcome is
+    /// safe to retry: the write is fenced, and a retry that finds its own earlier write takes it).
+    async fn store<F, Fut>(
+        &self,
+        claim: &Claim,
+        tries: i32,
+        write: F,
+    ) -> Option<crate::domain::node::Node>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: Future<Output = Result<Option<crate::domain::node::Node>, sqlx::Error>>,
+    {
+        let mut wait = Duration::from_millis(100);
+        let deadline = Instant::now() + self.settings.lease * 2;
+        let mut retried = false;
+        loop {
+            match write(self.pool.clone()).await {
+                Ok(Some(node)) => return Some(node),
+                Ok(None) if retried => {
+                    // An earlier try may have committed before its answer was lost.
+                    return match db::nodes::find(&self.pool, claim.node_id).await {
+                        Ok(Some(node))
+                            if ended(node.analysis_status) && self.ended_under(claim).await =>
+                        {
+                            Some(node)
+                        }
+                        _ => None,
+                    };
+                }
+                Ok(None) => {
+                    metrics::counter!("mutr_analysis_lost_total").increment(1);
+                    tracing::warn!(
+                        node_id = claim.node_id,
+                        tries,
+                        "claim lost before the result was stored"
+                    );
+                    return None;
+                }
+                Err(e) if Instant::now() < deadline && !self.abort.is_cancelled() => {
+                    tracing::warn!(node_id = claim.node_id, error = %e, "storing the analysis failed; retrying");
+                    retried = true;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.abort.cancelled() => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(node_id = claim.node_id, error = %e, "storing the analysis failed; the lease will expire and another worker takes the node");
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn ended_under(&self, claim: &Claim) -> bool {
+        sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND claim_token = $2
+                   AND analysis_status IN ('COMPLETED', 'FAILED')) AS "e!""#,
+            claim.node_id,
+            claim.token
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Runs the AI calls of a claim until it has a result, a refusal, or must stop.
+    async fn run_claim(
+        &self,
+        claim: &Claim,
+        context: Option<LineageContext>,
+        cancel: &CancellationToken,
+    ) -> Outcome {
+        let max_claims = self.settings.max_claims;
+        if u32::try_from(claim.claims).unwrap_or(u32::MAX) > max_claims {
+            return Outcome::Failed(format!(
+                "gave up after {max_claims} claims (the last ones ended without a result)"
+            ));
+        }
+        let context = match context {
+            Some(c) => c,
+            None => match db::nodes::lineage(&self.pool, &claim.content, claim.parent_id).await {
+                Ok(c) => c,
+                Err(e) => {
+                    return Outcome::GiveBack(format!("cannot read the lineage: {e}"));
+                }
+            },
+        };
+        let request = AnalysisRequest {
+            content: claim.content.clone(),
+            parent_topic: claim.parent_topic().to_owned(),
+            baseline_topic: context.baseline_topic,
+            full_context: context.full_context,
+        };
+        let mut delays = self.settings.retry.delays();
+        let status = loop {
+            self.count_try(claim.node_id);
+            let call = self.ai.analyze(request.clone());
+            let answer = tokio::select! {
+                answer = call => answer,
+                () = cancel.cancelled() => return Outcome::Stopped,
+            };
+            let status = match answer {
+                Ok(a) => {
+                    return match policy::accept(
+                        claim.parent_id.is_none(),
+                        &a.topic,
+                        &a.emotion,
+                        a.confidence,
+                        a.mutation_score,
+                    ) {
+                        Ok(analysis) => Outcome::Analysed(analysis),
+                        Err(bad) => Outcome::Failed(bad.to_string()),
+                    };
+                }
+                Err(status) if policy::classify(status.code()) == Fault::Permanent => {
+                    return Outcome::Failed(reason(&status));
+                }
+                Err(status) => status,
+            };
+            metrics::counter!("mutr_analysis_retries_total", "code" => code_name(status.code()))
+                .increment(1);
+            tracing::debug!(node_id = claim.node_id, code = ?status.code(), "transient AI failure");
+            let Some(wait) = delays.next() else {
+                break status;
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancel.cancelled() => return Outcome::Stopped,
+            }
+        };
+        let why = format!(
+            "{} after {} tries",
+            reason(&status),
+            self.settings.retry.max_tries
+        );
+        match policy::when_exhausted(
+            self.ai_health.borrow().is_serving(),
+            claim.claims,
+            max_claims,
+        ) {
+            Exhausted::Fail => Outcome::Failed(why),
+            Exhausted::GiveBack => Outcome::GiveBack(why),
+        }
+    }
+
+    fn hold(&self, claim: &Claim) -> CancellationToken {
+        let cancel = self.abort.child_token();
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(
+                claim.node_id,
+                Holding {
+                    token: claim.token,
+                    tries: 0,
+                    cancel: cancel.clone(),
+                    stop: None,
+                },
+            );
+        }
+        cancel
+    }
+
+    fn count_try(&self, node: i64) {
+        if let Ok(mut held) = self.held.lock()
+            && let Some(h) = held.get_mut(&node)
+        {
+            h.tries += 1;
+        }
+    }
+
+    fn unhold(&self, node: i64) -> (i32, Option<Stop>) {
+        let removed = self.held.lock().ok().and_then(|mut h| h.remove(&node));
+        let stop = if self.abort.is_cancelled() {
+            Some(Stop::Drain)
+        } else {
+            removed.as_ref().and_then(|h| h.stop)
+        };
+        (removed.map_or(0, |h| h.tries), stop)
+    }
+
+    /// Hands claims back to `PENDING` and wakes the pods that may claim.
+    pub(super) async fn give_back(&self, held: &[Held], reason: &str) {
+        match claims::give_back(&self.pool, held, reason).await {
+            Ok(n) => {
+                if n > 0 {
+                    metrics::counter!("mutr_analysis_returned_total").increment(n);
+                    tracing::info!(returned = n, reason, "claims handed back to PENDING");
+                    let _ = super::colors::wake(&self.pool).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, reason, "cannot hand claims back; their leases will expire")
+            }
+        }
+    }
+
+    /// Extends every lease held here; cancels the work of claims found lost.
+    pub(super) async fn renew(&self) {
+        let held: Vec<(i64, i64)> = match self.held.lock() {
+            Ok(h) => h.iter().map(|(id, h)| (*id, h.token)).collect(),
+            Err(_) => return,
+        };
+        if held.is_empty() {
+            return;
+        }
+        match claims::renew(&self.pool, &held, self.settings.lease).await {
+            Ok(kept) => {
+                if kept.len() == held.len() {
+                    return;
+                }
+                let kept: std::collections::HashSet<i64> = kept.into_iter().collect();
+                if let Ok(mut h) = self.held.lock() {
+                    for (id, holding) in h.iter_mut() {
+                        if !kept.contains(id) && holding.stop.is_none() {
+                            tracing::warn!(node_id = id, "claim lost; stopping its analysis");
+                            holding.stop = Some(Stop::Lost);
+                            holding.cancel.cancel();
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, held = held.len(), "cannot renew leases"),
+        }
+    }
+
+    /// Stops taking claims, lets analyses in flight finish within `timeout`, then stops them and
+    /// hands back whatever is still held. Every analysis holds a worker slot from before its claim
+    /// to after its result is stored, so all slots free means nothing is in flight.
+    pub async fn drain(&self, timeout: Duration) {
+        self.stopping.cancel();
+        let all = u32::try_from(self.settings.concurrency.max(1)).unwrap_or(u32::MAX);
+        let idle = tokio::time::timeout(timeout, self.workers.acquire_many(all)).await;
+        if idle.is_err() {
+            tracing::warn!(
+                held = self.held_count(),
+                "drain timeout reached; handing the rest back"
+            );
+            self.abort.cancel();
+            // Their workers hand them back themselves; give them a moment.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), self.workers.acquire_many(all)).await;
+        }
+        let rest: Vec<Held> = match self.held.lock() {
+            Ok(mut h) => h
+                .drain()
+                .map(|(id, h)| Held {
+                    node_id: id,
+                    token: h.token,
+                    tries: h.tries,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        self.give_back(&rest, "drained").await;
+    }
+}
+
+enum Outcome {
+    Analysed(claims::Analysis),
+    Failed(String),
+    GiveBack(String),
+    Stopped,
+}
+
+fn ended(status: AnalysisStatus) -> bool {
+    matches!(status, AnalysisStatus::Completed | AnalysisStatus::Failed)
+}
+
+/// The reason stored for a failed call: the code and the server's message, never longer than a
+/// line of a screen.
+fn reason(status: &Status) -> String {
+    let message: String = status.message().chars().take(300).collect();
+    format!("AI server: {} ({message})", code_name(status.code()))
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn redis_fallback(op: &'static str, error: &redis::RedisError) {
+    metrics::counter!("mutr_analysis_redis_fallbacks_total", "op" => op).increment(1);
+    tracing::debug!(op, error = %error, "Redis unavailable for ordering; falling back to PostgreSQL");
+}
+
+/// Takes ready jobs onto worker slots until `stop`, while this pod may claim; jobs that arrive
+/// while it may not are dropped (the node stays `PENDING` for the pods that may).
+pub async fn run(dispatcher: Arc<Dispatcher>, mut jobs: mpsc::Receiver<Job>) {
+    let mut claiming = dispatcher.claiming.clone();
+    let mut health = dispatcher.ai_health.clone();
+    loop {
+        // Wait until claims may be taken.
+        while !dispatcher.may_claim() {
+            if dispatcher.stopping.is_cancelled() {
+                return;
+            }
+            // Drop what waits meanwhile; the pods that may claim find it in PostgreSQL.
+            let mut dropped = 0u64;
+            while let Ok(job) = jobs.try_recv() {
+                metrics::gauge!("mutr_analysis_ready_queue").decrement(1.0);
+                if let Job::Claimed(c) = job {
+                    dispatcher
+                        .give_back(
+                            &[Held {
+                                node_id: c.node_id,
+                                token: c.token,
+                                tries: 0,
+                            }],
+                            "not claiming",
+                        )
+                        .await;
+                }
+                dropped += 1;
+            }
+            if dropped > 0 {
+                tracing::info!(
+                    dropped,
+                    "not claiming: queued nodes left to the pods that claim"
+                );
+                let _ = super::colors::wake(&dispatcher.pool).await;
+            }
+            tokio::select! {
+                _ = claiming.changed() => {}
+                _ = health.changed() => {}
+                () = dispatcher.stopping.cancelled() => return,
+            }
+        }
+        let slot = tokio::select! {
+            slot = dispatcher.workers.clone().acquire_owned() => match slot { Ok(s) => s, Err(_) => return },
+            () = dispatcher.stopping.cancelled() => return,
+        };
+        let job = tokio::select! {
+            job = jobs.recv() => match job { Some(j) => j, None => return },
+            () = dispatcher.stopping.cancelled() => return,
+            _ = claiming.changed() => continue,
+            _ = health.changed() => continue,
+        };
+        metrics::gauge!("mutr_analysis_ready_queue").decrement(1.0);
+        if !dispatcher.may_claim() {
+            if let Job::Claimed(c) = job {
+                dispatcher
+                    .give_back(
+                        &[Held {
+                            node_id: c.node_id,
+                            token: c.token,
+                            tries: 0,
+                        }],
+                        "not claiming",
+                    )
+                    .await;
+            }
+            continue;
+        }
+        tokio::spawn(dispatcher.clone().process(job, slot));
+    }
+}
+
+/// Reads the node writer's hand-off until it closes or `stop`, ordering each node.
+pub async fn intake(dispatcher: Arc<Dispatcher>, mut events: mpsc::Receiver<AnalysisRequested>) {
+    let steps = Arc::new(Semaphore::new(
+        dispatcher.settings.ordering_concurrency.max(1),
+    ));
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => match event { Some(e) => e, None => return },
+            () = dispatcher.stopping.cancelled() => return,
+        };
+        let Ok(step) = steps.clone().acquire_owned().await else {
+            return;
+        };
+        let dispatcher = dispatcher.clone();
+        tokio::spawn(async move {
+            dispatcher.order(event).await;
+            drop(step);
+        });
+    }
+}
+
+/// Renews the leases held here every third of the lease until `stop`.
+pub async fn renew_leases(dispatcher: Arc<Dispatcher>, stop: CancellationToken) {
+    let every = (dispatcher.settings.lease / 3).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => dispatcher.renew().await,
+            () = stop.cancelled() => return,
+        }
+    }
+}
