@@ -84,12 +84,30 @@ impl AiClient {
         // A little slack, so that the server's own DEADLINE_EXCEEDED (with its reason) usually
         // arrives first.
         let wait = self.timeout + Duration::from_millis(250);
-        match tokio::time::timeout(wait, client.analyze_node(request)).await {
-            Ok(result) => result.map(tonic::Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded(format!(
+        let late = || {
+            Status::deadline_exceeded(format!(
                 "no answer from the AI server within {}",
                 humantime::format_duration(self.timeout)
-            ))),
+            ))
+        };
+        match tokio::time::timeout(wait, client.analyze_node(request)).await {
+            Ok(Ok(answer)) => Ok(answer.into_inner()),
+            // tonic's own client-side deadline ends the call as CANCELLED; it is the deadline.
+            Ok(Err(status)) if status.code() == tonic::Code::Cancelled => Err(late()),
+            // A status with a source was made here, from a transport failure (the connection
+            // broke mid-call, the server died): the server is unavailable, the node is not at
+            // fault. A status the server sent has no source.
+            Ok(Err(status))
+                if status.code() == tonic::Code::Unknown
+                    && std::error::Error::source(&status).is_some() =>
+            {
+                Err(Status::unavailable(format!(
+                    "the connection to the AI server broke: {}",
+                    status.message()
+                )))
+            }
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(late()),
         }
     }
 
@@ -116,7 +134,7 @@ impl AiClient {
 pub async fn watch_health(
     client: AiClient,
     interval: Duration,
-    health: watch::Sender<AiHealth>,
+    health: std::sync::Arc<watch::Sender<AiHealth>>,
     stop: CancellationToken,
 ) {
     let probe_timeout = Duration::from_secs(2).min(interval.max(Duration::from_millis(500)));

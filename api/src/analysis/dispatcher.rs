@@ -102,8 +102,9 @@ pub struct Dispatcher {
     ready: mpsc::Sender<Job>,
     /// Whether this pod's colour may claim.
     pub(super) claiming: watch::Receiver<bool>,
-    /// The AI server's health.
+    /// The AI server's health: the watcher's, and this dispatcher's own news of an outage.
     pub(super) ai_health: watch::Receiver<AiHealth>,
+    ai_news: Arc<watch::Sender<AiHealth>>,
     /// Makes the sweeper run now.
     pub(super) wake: Arc<Notify>,
     /// Set when the last sweep found more ready work than it could take.
@@ -136,8 +137,9 @@ pub struct Parts {
     pub settings: Settings,
     /// Whether this pod may claim.
     pub claiming: watch::Receiver<bool>,
-    /// The AI server's health.
-    pub ai_health: watch::Receiver<AiHealth>,
+    /// The AI server's health, which the dispatcher also sets when its calls find the server
+    /// down (the watcher sets it back once the server answers).
+    pub ai_health: Arc<watch::Sender<AiHealth>>,
     /// Sweeper wake-ups.
     pub wake: Arc<Notify>,
 }
@@ -157,7 +159,8 @@ impl Dispatcher {
             workers,
             ready,
             claiming: parts.claiming,
-            ai_health: parts.ai_health,
+            ai_health: parts.ai_health.subscribe(),
+            ai_news: parts.ai_health,
             wake: parts.wake,
             backlog: AtomicBool::new(false),
             stopping: CancellationToken::new(),
@@ -548,6 +551,7 @@ impl Dispatcher {
                     };
                 }
                 Err(status) if policy::classify(status.code()) == Fault::Permanent => {
+                    tracing::warn!(node_id = claim.node_id, code = ?status.code(), message = status.message(), "the AI server refused the node");
                     return Outcome::Failed(reason(&status));
                 }
                 Err(status) => status,
@@ -568,11 +572,14 @@ impl Dispatcher {
             reason(&status),
             self.settings.retry.max_tries
         );
-        match policy::when_exhausted(
-            self.ai_health.borrow().is_serving(),
-            claim.claims,
-            max_claims,
-        ) {
+        // Ask the server now rather than trust the last health check, which may predate the
+        // outage that made these calls fail.
+        let health = self.ai.health(Duration::from_secs(1)).await;
+        if !health.is_serving() {
+            // Stop claiming now, not at the watcher's next look.
+            self.ai_news.send_replace(health);
+        }
+        match policy::when_exhausted(claim.claims, max_claims) {
             Exhausted::Fail => Outcome::Failed(why),
             Exhausted::GiveBack => Outcome::GiveBack(why),
         }
@@ -745,9 +752,12 @@ pub async fn run(dispatcher: Arc<Dispatcher>, mut jobs: mpsc::Receiver<Job>) {
             if dispatcher.stopping.is_cancelled() {
                 return;
             }
-            // Drop what waits meanwhile; the pods that may claim find it in PostgreSQL.
+            // While another colour is active, drop what waits: the pods that may claim find it in
+            // PostgreSQL. While the AI server is down, keep it for when it is back.
             let mut dropped = 0u64;
-            while let Ok(job) = jobs.try_recv() {
+            while !*dispatcher.claiming.borrow()
+                && let Ok(job) = jobs.try_recv()
+            {
                 metrics::gauge!("mutr_analysis_ready_queue").decrement(1.0);
                 if let Job::Claimed(c) = job {
                     dispatcher
@@ -776,10 +786,8 @@ pub async fn run(dispatcher: Arc<Dispatcher>, mut jobs: mpsc::Receiver<Job>) {
                 () = dispatcher.stopping.cancelled() => return,
             }
         }
-        let slot = tokio::select! {
-            slot = dispatcher.workers.clone().acquire_owned() => match slot { Ok(s) => s, Err(_) => return },
-            () = dispatcher.stopping.cancelled() => return,
-        };
+        // The job first, then a worker slot: an idle loop holds no slot, so the sweeper sees
+        // every free worker.
         let job = tokio::select! {
             job = jobs.recv() => match job { Some(j) => j, None => return },
             () = dispatcher.stopping.cancelled() => return,
@@ -787,21 +795,21 @@ pub async fn run(dispatcher: Arc<Dispatcher>, mut jobs: mpsc::Receiver<Job>) {
             _ = health.changed() => continue,
         };
         metrics::gauge!("mutr_analysis_ready_queue").decrement(1.0);
-        if !dispatcher.may_claim() {
+        let slot = tokio::select! {
+            slot = dispatcher.workers.clone().acquire_owned() => slot.ok(),
+            () = dispatcher.stopping.cancelled() => None,
+        };
+        let Some(slot) = slot.filter(|_| dispatcher.may_claim()) else {
             if let Job::Claimed(c) = job {
-                dispatcher
-                    .give_back(
-                        &[Held {
-                            node_id: c.node_id,
-                            token: c.token,
-                            tries: 0,
-                        }],
-                        "not claiming",
-                    )
-                    .await;
+                let held = Held {
+                    node_id: c.node_id,
+                    token: c.token,
+                    tries: 0,
+                };
+                dispatcher.give_back(&[held], "not claiming").await;
             }
             continue;
-        }
+        };
         tokio::spawn(dispatcher.clone().process(job, slot));
     }
 }

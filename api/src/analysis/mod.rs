@@ -246,6 +246,7 @@ impl Pipeline {
     ) -> Result<(Self, ChannelHandoff), StartError> {
         let ai = AiClient::new(&args.ai_url, args.analysis_timeout)?;
         let (health_tx, ai_health) = watch::channel(AiHealth::Unknown);
+        let health_tx = Arc::new(health_tx);
         let (claiming_tx, claiming) = watch::channel(true);
         let wake = Arc::new(Notify::new());
         let settings = Settings {
@@ -275,7 +276,7 @@ impl Pipeline {
                 broadcaster,
                 settings,
                 claiming,
-                ai_health: ai_health.clone(),
+                ai_health: health_tx.clone(),
                 wake: wake.clone(),
             },
             args.analysis_queue,

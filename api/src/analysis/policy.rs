@@ -72,19 +72,19 @@ impl RetryPolicy {
 /// What to do with a claimed node whose AI calls all failed with transient faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exhausted {
-    /// Store it as `FAILED` with the reason.
+    /// Store it as `FAILED` with the reason: it used its last try.
     Fail,
-    /// Hand it back to `PENDING`: the AI server is down, which says nothing about this node, and
-    /// it has claims left; it is analysed once the server is back.
+    /// Hand it back to `PENDING` for another claim: the server was down, busy or slow, which
+    /// need not be the node's fault (an AI server restart must not fail the nodes in flight).
     GiveBack,
 }
 
-/// After the last transient failure: give the node back while the AI server is known to be down
-/// and the node has been claimed fewer than `max_claims` times (so a node that brings the server
-/// down each time still ends, `FAILED`); else fail it.
-pub fn when_exhausted(ai_serving: bool, claims: i32, max_claims: u32) -> Exhausted {
+/// After the last transient failure of a claim: give the node back while it has claims left, so
+/// a node gets up to `max_tries` calls in each of `max_claims` claims; fail it with the reason
+/// after the last (so a node that brings the server down each time still ends).
+pub fn when_exhausted(claims: i32, max_claims: u32) -> Exhausted {
     let claims = u32::try_from(claims).unwrap_or(0);
-    if !ai_serving && claims < max_claims {
+    if claims < max_claims {
         Exhausted::GiveBack
     } else {
         Exhausted::Fail
@@ -222,11 +222,11 @@ mod tests {
     }
 
     #[test]
-    fn an_ai_outage_hands_the_node_back_until_its_claims_run_out() {
-        assert_eq!(when_exhausted(false, 1, 5), Exhausted::GiveBack);
-        assert_eq!(when_exhausted(false, 4, 5), Exhausted::GiveBack);
-        assert_eq!(when_exhausted(false, 5, 5), Exhausted::Fail);
-        assert_eq!(when_exhausted(true, 1, 5), Exhausted::Fail);
+    fn transient_failures_hand_the_node_back_until_its_claims_run_out() {
+        assert_eq!(when_exhausted(1, 5), Exhausted::GiveBack);
+        assert_eq!(when_exhausted(4, 5), Exhausted::GiveBack);
+        assert_eq!(when_exhausted(5, 5), Exhausted::Fail);
+        assert_eq!(when_exhausted(1, 1), Exhausted::Fail);
     }
 
     #[test]

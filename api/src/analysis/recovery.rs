@@ -55,7 +55,12 @@ pub async fn sweep(dispatcher: &Arc<Dispatcher>) -> Result<(usize, bool), sqlx::
     if !dispatcher.may_claim() {
         return Ok((0, false));
     }
-    let free = dispatcher.workers.available_permits();
+    // Worker slots first, so that every node claimed has a worker waiting for it.
+    let mut slots = Vec::new();
+    while let Ok(slot) = dispatcher.workers.clone().try_acquire_owned() {
+        slots.push(slot);
+    }
+    let free = slots.len();
     if free == 0 {
         return Ok((0, true));
     }
@@ -69,21 +74,8 @@ pub async fn sweep(dispatcher: &Arc<Dispatcher>) -> Result<(usize, bool), sqlx::
     .await?;
     metrics::histogram!("mutr_analysis_sweep_seconds").record(started.elapsed().as_secs_f64());
     let claimed = found.len();
-    let mut leftover = Vec::new();
-    for claim in found {
-        match dispatcher.workers.clone().try_acquire_owned() {
-            Ok(slot) => {
-                tokio::spawn(dispatcher.clone().process(Job::Claimed(claim), slot));
-            }
-            Err(_) => leftover.push(claims::Held {
-                node_id: claim.node_id,
-                token: claim.token,
-                tries: 0,
-            }),
-        }
-    }
-    if !leftover.is_empty() {
-        dispatcher.give_back(&leftover, "no free worker").await;
+    for (claim, slot) in found.into_iter().zip(slots) {
+        tokio::spawn(dispatcher.clone().process(Job::Claimed(claim), slot));
     }
     if claimed > 0 {
         metrics::counter!("mutr_analysis_recovered_total").increment(claimed as u64);
@@ -157,6 +149,8 @@ pub async fn sweeper(
         tokio::select! {
             _ = tick.tick() => {}
             () = dispatcher.wake.notified() => {}
+            // The AI server is back: sweep now rather than at the next tick.
+            Ok(()) = health.changed() => {}
             changed = claiming.changed() => {
                 if changed.is_err() { return }
                 if !*claiming.borrow() { recovered_as_active = false; }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of these helpers
 
+pub mod forest;
 pub mod invariants;
 pub mod procs;
 pub mod services;

@@ -254,7 +254,7 @@ impl ApiProcess {
             .arg("serve")
             .env("RUST_LOG", "info,sqlx=warn")
             .env("MUTR_SHUTDOWN_GRACE", "0s")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
             .stderr(log);
         for (k, v) in &self.env {
             command.env(k, v);
