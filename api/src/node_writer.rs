@@ -314,6 +314,7 @@ mod tests {
         pool: PgPool,
         published: Mutex<Vec<(i64, bool)>>,
         handed_off: Mutex<Vec<i64>>,
+        events: Mutex<Vec<AnalysisRequested>>,
     }
 
     impl Broadcaster for Recorder {
@@ -336,6 +337,7 @@ mod tests {
     impl AnalysisHandoff for Recorder {
         fn submit(&self, event: AnalysisRequested) {
             self.handed_off.lock().unwrap().push(event.node_id);
+            self.events.lock().unwrap().push(event);
         }
     }
 
@@ -344,6 +346,7 @@ mod tests {
             pool: pool.clone(),
             published: Mutex::new(Vec::new()),
             handed_off: Mutex::new(Vec::new()),
+            events: Mutex::new(Vec::new()),
         });
         let sinks = Sinks {
             broadcaster: recorder.clone(),
@@ -533,5 +536,51 @@ mod tests {
         assert_eq!(rows.len(), 2, "{rows:?}");
         assert_eq!(published, rows.iter().map(|r| r.0).collect::<Vec<_>>());
         assert_eq!(published[1], later.id);
+    }
+
+    /// The hand-off carries what the pipeline needs: the lineage window, the topic before it,
+    /// and the parent's topic once the parent is analysed (the cheapest answer to "is the parent
+    /// ready?").
+    #[sqlx::test]
+    async fn events_carry_the_lineage_and_the_parent_topic_hint(pool: PgPool) {
+        let (w, rec) = writer(&pool, &NodeWriterArgs::default());
+        let a = guest(&pool, 1).await;
+        let root = w.create(draft(&a, "첫 기록", None)).await.unwrap();
+        let child = w.create(draft(&a, "답글", Some(root.id))).await.unwrap();
+        sqlx::query!(
+            "UPDATE nodes SET analysis_status = 'COMPLETED', topic = '시작' WHERE id = $1",
+            root.id
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let second = w.create(draft(&a, "둘째", Some(root.id))).await.unwrap();
+        let events = rec.events.lock().unwrap().clone();
+        assert_eq!(
+            events,
+            vec![
+                AnalysisRequested {
+                    node_id: root.id,
+                    parent_id: None,
+                    parent_topic_hint: None,
+                    baseline_topic: String::new(),
+                    full_context: "첫 기록".into(),
+                },
+                AnalysisRequested {
+                    node_id: child.id,
+                    parent_id: Some(root.id),
+                    parent_topic_hint: None,
+                    baseline_topic: String::new(),
+                    full_context: "첫 기록\n답글".into(),
+                },
+                AnalysisRequested {
+                    node_id: second.id,
+                    parent_id: Some(root.id),
+                    parent_topic_hint: Some("시작".into()),
+                    baseline_topic: String::new(),
+                    full_context: "첫 기록\n둘째".into(),
+                },
+            ]
+        );
     }
 }

@@ -294,3 +294,121 @@ async fn a_blue_green_handover_loses_nothing(pool: PgPool) {
     assert_eq!(blue_left, 0);
     drop(green);
 }
+
+/// SIGTERM while an analysis is in flight: readiness fails, claiming stops, the call in flight
+/// finishes when it can within the drain timeout; when it cannot, its claim goes back to PENDING.
+/// Either way the process exits 0 within the drain timeout, and nothing stays claimed.
+#[sqlx::test]
+async fn sigterm_drains_within_the_timeout(pool: PgPool) {
+    let ai = AiServer::start(&[]).await;
+    let database = common::database_url(&pool);
+    let pod = pods(&database, &common::redis_url());
+    let health_slow = [
+        ("MUTR_AI_HEALTH_INTERVAL", "30s"),
+        ("MUTR_DRAIN_TIMEOUT", "2s"),
+    ];
+    let start = |name: &'static str| {
+        let p = pod(&ai.url(), "blue", name);
+        async move {
+            let mut env = p.env();
+            env.extend(health_slow);
+            ApiProcess::start(&env).await
+        }
+    };
+    let processing = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM nodes WHERE analysis_status = 'PROCESSING' AND claim_owner = $1",
+            )
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == 1
+        }
+    };
+    let post = |base: String| async move {
+        let http = reqwest::Client::new();
+        let token: serde_json::Value = http
+            .post(format!("{base}/api/v1/auth/guest"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let r = http
+            .post(format!("{base}/api/v1/nodes"))
+            .header(
+                "X-Guest-Token",
+                token["data"]["guestToken"].as_str().unwrap(),
+            )
+            .json(&serde_json::json!({"content": "drain me"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    };
+
+    // The call finishes within the drain timeout: the node is stored.
+    let mut finishing = start("finishing").await;
+    ai.pause();
+    post(finishing.base()).await;
+    common::wait_until("a claim", Duration::from_secs(10), || {
+        processing("finishing")
+    })
+    .await;
+    let resume = tokio::spawn({
+        let pid = ai.pid();
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            AiServer::resume_pid(pid);
+        }
+    });
+    let started = Instant::now();
+    let exit = finishing.terminate(Duration::from_secs(10)).await;
+    resume.await.unwrap();
+    assert!(exit.success(), "{exit}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let completed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM nodes WHERE analysis_status = 'COMPLETED' AND claim_owner = 'finishing'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        completed, 1,
+        "the analysis in flight finished during the drain"
+    );
+
+    // The call cannot finish in time: the claim is handed back.
+    let mut stuck = start("stuck").await;
+    ai.pause();
+    post(stuck.base()).await;
+    common::wait_until("a claim", Duration::from_secs(10), || processing("stuck")).await;
+    let started = Instant::now();
+    let exit = stuck.terminate(Duration::from_secs(15)).await;
+    assert!(exit.success(), "{exit}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, outcome, error): (String, String, String) = sqlx::query_as(
+        "SELECT n.analysis_status, a.outcome, a.error FROM nodes n
+         JOIN analysis_attempts a ON a.node_id = n.id WHERE a.owner = 'stuck'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), outcome.as_str(), error.as_str()),
+        ("PENDING", "RETURNED", "drained")
+    );
+    ai.resume();
+}

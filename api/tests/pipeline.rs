@@ -485,3 +485,76 @@ async fn refused_requests_never_reach_the_pipeline(pool: PgPool) {
     assert_eq!(attempts, 0);
     s.stop().await;
 }
+
+/// A claim is renewed while its analysis runs longer than the lease: another pod sweeping every
+/// 200 ms never takes it, and the node is analysed once.
+#[sqlx::test]
+async fn a_long_analysis_keeps_its_claim(pool: PgPool) {
+    let ai = AiServer::start(&[]).await;
+    let other_ai = AiServer::start(&[]).await;
+    let flags = [
+        "--analysis-lease",
+        "1s",
+        "--analysis-sweep-interval",
+        "200ms",
+        "--analysis-timeout",
+        "20s",
+        "--ai-health-interval",
+        "30s",
+    ];
+    let a = TestServer::start_with_ai(
+        pool.clone(),
+        &ai.url(),
+        &[&flags[..], &["--pod-name", "slow-pod"]].concat(),
+    )
+    .await;
+    let (token, _) = a.guest().await;
+    ai.pause();
+    let node = ok(a
+        .post_node(&token, json!({"content": "오래 걸리는 분석"}))
+        .await)
+    .await;
+    let id = node["id"].as_i64().unwrap();
+    common::wait_until(
+        "the slow pod to claim the node",
+        Duration::from_secs(10),
+        || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM nodes WHERE id = $1 AND analysis_status = 'PROCESSING'",
+                )
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                    == 1
+            }
+        },
+    )
+    .await;
+    // A second pod that would take any claim whose lease expired.
+    let b = TestServer::start_with_ai(
+        pool.clone(),
+        &other_ai.url(),
+        &[&flags[..], &["--pod-name", "thief"]].concat(),
+    )
+    .await;
+    // Three leases long.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ai.resume();
+    invariants::wait_all_ended(&pool, Duration::from_secs(30)).await;
+    invariants::check(&pool).await;
+    let attempts: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT owner, outcome FROM analysis_attempts WHERE node_id = $1")
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        attempts,
+        vec![("slow-pod".to_owned(), Some("COMPLETED".to_owned()))]
+    );
+    a.stop().await;
+    b.stop().await;
+}

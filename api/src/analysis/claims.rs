@@ -539,3 +539,277 @@ pub async fn recover_color(
         still_processing: u64::try_from(still).unwrap_or_default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::PgPool;
+
+    fn owner(pod: &str, color: &str) -> Owner {
+        Owner {
+            pod: pod.to_owned(),
+            color: color.to_owned(),
+        }
+    }
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    /// A root and a child under it; their ids.
+    async fn tree(pool: &PgPool) -> (i64, i64) {
+        let author: i64 = sqlx::query_scalar(
+            "INSERT INTO users (nickname, role, guest_token_hash)
+             VALUES ('t', 'ROLE_GUEST', gen_random_uuid()::text::bytea) RETURNING id",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let root: i64 = sqlx::query_scalar(
+            "INSERT INTO nodes (id, content, author_id, root_id, x, y, z)
+             VALUES (nextval('nodes_id_seq'), 'root', $1, currval('nodes_id_seq'), 0, 0, 0)
+             RETURNING id",
+        )
+        .bind(author)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let child: i64 = sqlx::query_scalar(
+            "INSERT INTO nodes (content, author_id, parent_id, root_id, x, y, z)
+             VALUES ('child', $1, $2, $2, 1, 1, 1) RETURNING id",
+        )
+        .bind(author)
+        .bind(root)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (root, child)
+    }
+
+    fn analysis() -> Analysis {
+        Analysis {
+            topic: "바다".to_owned(),
+            emotion: "joy".to_owned(),
+            confidence: 0.9,
+            mutation_score: 0.0,
+            mutation_filter: "ORIGIN",
+        }
+    }
+
+    #[sqlx::test]
+    async fn a_child_is_claimed_only_once_its_parent_ended(pool: PgPool) {
+        let (root, child) = tree(&pool).await;
+        let a = owner("pod-a", "blue");
+        assert_eq!(claim_one(&pool, child, &a, LEASE).await.unwrap(), None);
+        let claim = claim_one(&pool, root, &a, LEASE).await.unwrap().unwrap();
+        assert_eq!((&claim.parent, claim.claims), (&None, 1));
+        // Still PROCESSING: the child waits.
+        assert_eq!(claim_one(&pool, child, &a, LEASE).await.unwrap(), None);
+        complete(&pool, &claim, &analysis(), 1)
+            .await
+            .unwrap()
+            .unwrap();
+        let child_claim = claim_one(&pool, child, &a, LEASE).await.unwrap().unwrap();
+        assert_eq!(
+            child_claim.parent,
+            Some(ParentState {
+                status: AnalysisStatus::Completed,
+                topic: Some("바다".to_owned())
+            })
+        );
+        assert_eq!(child_claim.parent_topic(), "바다");
+    }
+
+    #[sqlx::test]
+    async fn a_held_claim_cannot_be_taken_and_an_expired_one_gets_a_new_token(pool: PgPool) {
+        let (root, _) = tree(&pool).await;
+        let first = claim_one(
+            &pool,
+            root,
+            &owner("pod-a", "blue"),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            claim_one(&pool, root, &owner("pod-b", "blue"), LEASE)
+                .await
+                .unwrap(),
+            None,
+            "held"
+        );
+        sqlx::query("UPDATE nodes SET lease_expires_at = now() - interval '1 second'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let second = claim_one(&pool, root, &owner("pod-b", "blue"), LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(first.token, second.token, "every claim gets a new token");
+        assert_eq!(second.claims, 2);
+        // The first worker comes back: its result is fenced off, its renewal finds nothing.
+        assert_eq!(complete(&pool, &first, &analysis(), 1).await.unwrap(), None);
+        assert_eq!(
+            renew(&pool, &[(root, first.token)], LEASE).await.unwrap(),
+            Vec::<i64>::new()
+        );
+        assert_eq!(fail(&pool, &first, "late", 1).await.unwrap(), None);
+        assert_eq!(
+            status_of(&pool, root).await.unwrap(),
+            Some(AnalysisStatus::Processing)
+        );
+        // The second stores once; storing again is refused too.
+        assert!(
+            complete(&pool, &second, &analysis(), 1)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            complete(&pool, &second, &analysis(), 1).await.unwrap(),
+            None
+        );
+        let outcomes: Vec<(String, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT owner, outcome, error FROM analysis_attempts ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            outcomes,
+            vec![
+                (
+                    "pod-a".into(),
+                    Some("LOST".into()),
+                    Some("lease expired".into())
+                ),
+                ("pod-b".into(), Some("COMPLETED".into()), None),
+            ]
+        );
+    }
+
+    #[sqlx::test]
+    async fn only_the_active_colour_claims(pool: PgPool) {
+        let (root, _) = tree(&pool).await;
+        sqlx::query("INSERT INTO analysis_active_color (color) VALUES ('green')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            claim_one(&pool, root, &owner("b", "blue"), LEASE)
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(
+            claim_ready(&pool, &owner("b", "blue"), LEASE, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            claim_ready(&pool, &owner("g", "green"), LEASE, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    /// Two sweepers at once never take the same node: the second skips the rows the first has
+    /// locked and takes the next ones.
+    #[sqlx::test]
+    async fn concurrent_sweeps_take_different_nodes(pool: PgPool) {
+        for _ in 0..3 {
+            tree(&pool).await;
+        }
+        let mut tx = pool.begin().await.unwrap();
+        let first = claim_ready(&mut *tx, &owner("a", "blue"), LEASE, 2)
+            .await
+            .unwrap();
+        let second = claim_ready(&pool, &owner("b", "blue"), LEASE, 10)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let a: Vec<i64> = first.iter().map(|c| c.node_id).collect();
+        let b: Vec<i64> = second.iter().map(|c| c.node_id).collect();
+        assert_eq!(a.len(), 2);
+        assert_eq!(b.len(), 1, "only the third root is left: {b:?}");
+        assert!(!a.contains(&b[0]));
+        // Children wait for their parents even in a sweep.
+        assert!(
+            claim_ready(&pool, &owner("c", "blue"), LEASE, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[sqlx::test]
+    async fn handing_back_and_recovering_return_nodes_to_pending(pool: PgPool) {
+        let (root, _) = tree(&pool).await;
+        let (other, _) = tree(&pool).await;
+        let a = claim_one(&pool, root, &owner("a", "blue"), LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        let held = Held {
+            node_id: root,
+            token: a.token,
+            tries: 2,
+        };
+        assert_eq!(give_back(&pool, &[held], "drained").await.unwrap(), 1);
+        assert_eq!(
+            give_back(&pool, &[held], "again").await.unwrap(),
+            0,
+            "fenced"
+        );
+        assert_eq!(
+            status_of(&pool, root).await.unwrap(),
+            Some(AnalysisStatus::Pending)
+        );
+        claim_one(&pool, root, &owner("a", "blue"), LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        claim_one(&pool, other, &owner("g", "green"), LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        let r = recover_color(&pool, "blue").await.unwrap();
+        assert_eq!(
+            r,
+            Recovered {
+                returned: 1,
+                still_processing: 0
+            }
+        );
+        assert_eq!(
+            status_of(&pool, root).await.unwrap(),
+            Some(AnalysisStatus::Pending)
+        );
+        assert_eq!(
+            status_of(&pool, other).await.unwrap(),
+            Some(AnalysisStatus::Processing)
+        );
+        let outcomes: Vec<(Option<String>, i32)> =
+            sqlx::query_as("SELECT outcome, tries FROM analysis_attempts ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            outcomes,
+            vec![
+                (Some("RETURNED".into()), 2),
+                (Some("RECOVERED".into()), 0),
+                (None, 0)
+            ]
+        );
+        assert_eq!(
+            unfinished(&pool).await.unwrap(),
+            Unfinished {
+                pending: 3,
+                processing: 1
+            }
+        );
+    }
+}

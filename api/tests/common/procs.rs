@@ -193,6 +193,20 @@ impl AiServer {
     pub fn resume(&self) {
         signal(self.child.as_ref().expect("running"), "CONT");
     }
+
+    /// The process id, to resume it from another task.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Thaws the paused process `pid` (`SIGCONT`).
+    pub fn resume_pid(pid: u32) {
+        let status = Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -CONT {pid}");
+    }
 }
 
 impl Drop for AiServer {
