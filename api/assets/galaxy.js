@@ -19,11 +19,36 @@ let selected = null;
 // ---- data ------------------------------------------------------------------------------------
 
 function upsert(node) {
-  const known = nodes.has(node.id);
+  const known = nodes.get(node.id);
+  // Events may arrive out of order across replicas: never go back from an ended analysis.
+  if (known && isEnded(known) && !isEnded(node)) return;
   nodes.set(node.id, node);
   document.getElementById("count").textContent = String(nodes.size);
   if (!known) addToFeed(node);
+  else describe(document.querySelector(`#recent li[data-node-id="${node.id}"]`), node);
   fitCamera();
+}
+
+function isEnded(node) {
+  return node.analysisStatus === "COMPLETED" || node.analysisStatus === "FAILED";
+}
+
+// The analysis line of a feed entry: the topic and emotion once analysed.
+function describe(li, node) {
+  if (!li) return;
+  li.dataset.status = node.analysisStatus;
+  const line = li.querySelector(".analysis");
+  const dot = line.querySelector(".emotion");
+  dot.style.background = EMOTION_COLOURS[node.emotion] || EMOTION_COLOURS.neutral;
+  const topic = line.querySelector(".topic");
+  if (node.analysisStatus === "COMPLETED") {
+    topic.textContent = node.topic;
+    dot.title = node.emotion;
+  } else if (node.analysisStatus === "FAILED") {
+    topic.textContent = "analysis failed";
+  } else {
+    topic.textContent = "analysing…";
+  }
 }
 
 function addToFeed(node) {
@@ -36,7 +61,15 @@ function addToFeed(node) {
   const text = document.createElement("div");
   text.className = "content";
   text.textContent = node.content;
-  li.append(who, text);
+  const analysis = document.createElement("div");
+  analysis.className = "analysis";
+  const dot = document.createElement("span");
+  dot.className = "emotion";
+  const topic = document.createElement("span");
+  topic.className = "topic";
+  analysis.append(dot, topic);
+  li.append(who, text, analysis);
+  describe(li, node);
   list.prepend(li);
   while (list.children.length > MAX_FEED) list.lastChild.remove();
 }

@@ -1,7 +1,8 @@
 // Browser test of the page at `/`: headless Chromium (Debian's /usr/bin/chromium, driven by
 // playwright-core, which downloads no browser) loads the galaxy, two pages connect to the live
-// push, one posts a node as a guest, and both see it arrive. Run by hack/checks/browser.sh, which
-// starts the API and sets MUTR_URL.
+// push, one posts a node as a guest, both see it arrive, and both see it turn from pending to
+// analysed (topic and emotion) when the pipeline's second event comes. Run by
+// hack/checks/browser.sh, which starts the AI server and the API and sets MUTR_URL.
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 
@@ -50,6 +51,22 @@ try {
     await page.waitForSelector(`#recent li .content >> text="${marker}"`);
   }
   await watcher.waitForFunction((n) => Number(document.querySelector("#count").textContent) > n, before);
+
+  // The analysis arrives as a second event: the entry turns from "analysing…" to its topic, with
+  // the emotion's colour.
+  const entry = (page) => page.locator("#recent li", { hasText: marker });
+  for (const page of [poster, watcher]) {
+    await page.waitForFunction(
+      (m) => [...document.querySelectorAll("#recent li")].some(
+        (li) => li.textContent.includes(m) && li.dataset.status === "COMPLETED"),
+      marker,
+      { timeout: 60_000 },
+    );
+    const topic = await entry(page).locator(".topic").textContent();
+    assert.ok(topic.trim().length > 0 && topic !== "analysing…", `topic shown: ${topic}`);
+    const colour = await entry(page).locator(".emotion").evaluate((e) => e.style.background);
+    assert.ok(colour.length > 0, "emotion colour shown");
+  }
   assert.match(await poster.textContent("#me"), /^guest: \S+_\S+_\d{4}$/);
   assert.equal(await poster.inputValue("#content"), "", "the box is cleared after posting");
 
@@ -63,7 +80,7 @@ try {
   await poster.waitForFunction(() => document.querySelector("#error").textContent.length > 0);
 
   assert.deepEqual(errors, [], "no script errors on the page");
-  console.log("browser test passed: the posted node appeared live on both pages");
+  console.log("browser test passed: the posted node appeared live on both pages and turned analysed");
 } finally {
   await browser.close();
 }
