@@ -1,4 +1,5 @@
-//! `mutr-operator`: runs the MutrDeployment controller, or prints the CRD (`mutr-operator crd`).
+//! `mutr-operator`: runs the MutrDeployment controller, prints the CRD (`mutr-operator crd`), or
+//! prints what it would apply for a resource (`mutr-operator render`).
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -21,6 +22,24 @@ async fn main() -> ExitCode {
             },
             Err(e) => {
                 eprintln!("cannot serialize the CRD: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Render(args)) => match mutr_operator::render::run(&args) {
+            Ok(yaml) => match std::io::stdout().write_all(yaml.as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cannot write the objects: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!(
+                    "mutr-operator render: {e}: {}",
+                    std::error::Error::source(&e)
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                );
                 ExitCode::FAILURE
             }
         },

@@ -480,7 +480,7 @@ async fn the_controller_reconciles_what_it_lists_and_stops_on_shutdown() {
     );
     let migrate = format!("mutr-migrate-{}", revision(&fake));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(mutr_operator::reconcile::run(
+    let controller = tokio::spawn(mutr_operator::k8s::run(
         fake.context(),
         Some(NS.into()),
         async move {
