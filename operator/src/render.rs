@@ -62,11 +62,7 @@ fn read(path: &PathBuf) -> Result<String, RenderError> {
 ///
 /// # Errors
 /// See [`RenderError`].
-pub fn parse(
-    text: &str,
-    path: &Path,
-    namespace: &str,
-) -> Result<Vec<MutrDeployment>, RenderError> {
+pub fn parse(text: &str, path: &Path, namespace: &str) -> Result<Vec<MutrDeployment>, RenderError> {
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value: serde_yaml::Value = serde::Deserialize::deserialize(doc)

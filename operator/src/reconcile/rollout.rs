@@ -99,66 +99,82 @@ impl Planner<'_> {
         }
     }
 
+    /// Outside a switchover: adopt a lost status, create, stay steady, or roll a new revision out.
+    /// Returns true when a switchover started (the next step acts in the same pass).
     pub(super) fn steady_or_rollout(&mut self) -> bool {
-        let revision = self.revision.clone();
-        let aborted = self.spec().strategy_aborts(&revision);
-        if self.plan.status.active_color.is_none()
-            && let Some(serving) = self.input.observed.active_service
-            && self.observed(serving).has_ready_pods()
-        {
-            // The stable Service already selects a serving colour but the status does not say so
-            // (the resource was re-created without its status): adopt it rather than deploy anew.
-            self.status().active_color = Some(serving);
-            self.event(Severity::Normal, Reason::Adopted, format!("{serving} already serves through the stable Service; adopting it as the active colour"));
-        }
+        self.adopt_if_status_lost();
         let Some(active) = self.plan.status.active_color else {
-            // First creation: migrate, then a switchover from nothing to the requested colour.
-            if aborted {
-                self.status().phase = Phase::Aborted;
-                self.degraded = Some(Degraded {
-                    reason: Reason::RolloutAborted,
-                    message: format!("revision {revision} was aborted"),
-                });
-                return false;
-            }
-            if self.migration_done() != Some(true) {
-                return false;
-            }
-            let to = self.spec().active_color.unwrap_or(Color::Blue);
-            self.start_switchover(None, to, revision, false);
-            return true;
+            return self.first_creation();
         };
         let preview = active.other();
         self.plan.active_service = Some(active);
         self.plan.preview_service = Some(preview);
-        let active_revision = self.observed(active).revision().map(str::to_owned);
-        if active_revision.as_deref() == Some(revision.as_str()) {
-            // Steady: apply the spec in place (replica changes) and keep the preview scaled down.
-            let (api, ai) = self.full();
-            self.plan.set_color(active, ColorAction::Apply { api, ai });
-            self.scale_to_zero_if_up(preview);
-            self.status().phase = Phase::Healthy;
-            if self.spec().active_color == Some(preview) && !self.spec().strategy.auto_promote {
-                let note = format!(
-                    "{preview} runs no new revision: nothing to promote (spec revision {revision} already serves on {active})"
-                );
-                self.refuse(note);
-            }
+        if self.observed(active).revision() == Some(self.revision.as_str()) {
+            self.steady(active);
             return false;
         }
-        // A new revision goes to the idle colour.
-        if aborted {
-            self.scale_to_zero_if_up(preview);
-            if self.input.status.phase != Phase::Aborted {
-                self.event(Severity::Warning, Reason::RolloutAborted, format!("rollout of revision {revision} aborted; {preview} scaled down, {active} keeps serving"));
-            }
+        self.new_revision(active)
+    }
+
+    /// The stable Service already selects a serving colour but the status does not say so (the
+    /// resource was re-created without its status): adopt it rather than deploy anew.
+    fn adopt_if_status_lost(&mut self) {
+        if self.plan.status.active_color.is_none()
+            && let Some(serving) = self.input.observed.active_service
+            && self.observed(serving).has_ready_pods()
+        {
+            self.status().active_color = Some(serving);
+            self.event(
+                Severity::Normal,
+                Reason::Adopted,
+                format!("{serving} already serves through the stable Service; adopting it as the active colour"),
+            );
+        }
+    }
+
+    /// First creation: migrate, then a switchover from nothing to the requested colour.
+    fn first_creation(&mut self) -> bool {
+        let revision = self.revision.clone();
+        if self.spec().strategy_aborts(&revision) {
             self.status().phase = Phase::Aborted;
             self.degraded = Some(Degraded {
                 reason: Reason::RolloutAborted,
-                message: format!(
-                    "rollout of revision {revision} was aborted; change the spec or clear spec.abortedRevision to roll out again"
-                ),
+                message: format!("revision {revision} was aborted"),
             });
+            return false;
+        }
+        if self.migration_done() != Some(true) {
+            return false;
+        }
+        let to = self.spec().active_color.unwrap_or(Color::Blue);
+        self.start_switchover(None, to, revision, false);
+        true
+    }
+
+    /// The active colour runs the spec's revision: apply it in place (replica changes) and keep the
+    /// preview scaled down; a promotion request has nothing to promote.
+    fn steady(&mut self, active: Color) {
+        let preview = active.other();
+        let (api, ai) = self.full();
+        self.plan.set_color(active, ColorAction::Apply { api, ai });
+        self.scale_to_zero_if_up(preview);
+        self.status().phase = Phase::Healthy;
+        if self.spec().active_color == Some(preview) && !self.spec().strategy.auto_promote {
+            let note = format!(
+                "{preview} runs no new revision: nothing to promote (spec revision {} already serves on {active})",
+                self.revision
+            );
+            self.refuse(note);
+        }
+    }
+
+    /// A new revision goes to the idle colour: abort, migrate, start the preview, and promote it when
+    /// it is requested and ready.
+    fn new_revision(&mut self, active: Color) -> bool {
+        let preview = active.other();
+        let revision = self.revision.clone();
+        if self.spec().strategy_aborts(&revision) {
+            self.abort_preview(active);
             return false;
         }
         if self.migration_done() != Some(true) {
@@ -168,13 +184,13 @@ impl Planner<'_> {
         self.plan.set_color(preview, ColorAction::Apply { api, ai });
         let observed = self.observed(preview).clone();
         let ready = observed.is_ready_with(&revision, api, ai);
-        let requested =
-            self.spec().strategy.auto_promote || self.spec().active_color == Some(preview);
+        let auto = self.spec().strategy.auto_promote;
+        let requested = auto || self.spec().active_color == Some(preview);
         if ready && requested {
             self.start_switchover(Some(active), preview, revision, false);
             return true;
         }
-        if requested && !self.spec().strategy.auto_promote {
+        if requested && !auto {
             let note = format!(
                 "{preview} (revision {revision}) is not ready: {}",
                 observed.describe()
@@ -184,39 +200,58 @@ impl Planner<'_> {
             self.plan.requeue_after = PROGRESS_REQUEUE;
             return false;
         }
-        if ready {
-            if self.input.status.phase != Phase::AwaitingPromotion {
-                self.event(
-                    Severity::Normal,
-                    Reason::PreviewReady,
-                    format!(
-                        "{preview} runs revision {revision} and is ready; promote it to switch"
-                    ),
-                );
-            }
-            self.status().phase = Phase::AwaitingPromotion;
-            self.progress(
-                Reason::AwaitingPromotion,
-                format!("{preview} runs revision {revision} and is ready for promotion"),
-            );
-        } else {
-            if self.input.status.phase != Phase::PreviewStarting {
-                self.event(
-                    Severity::Normal,
-                    Reason::PreviewStarting,
-                    format!("starting revision {revision} on {preview}"),
-                );
-            }
-            self.status().phase = Phase::PreviewStarting;
-            self.progress(
-                Reason::PreviewStarting,
-                format!(
-                    "{preview} (revision {revision}) starting: {}",
-                    observed.describe()
+        let (phase, event, note, progress) = if ready {
+            (
+                Phase::AwaitingPromotion,
+                Reason::PreviewReady,
+                format!("{preview} runs revision {revision} and is ready; promote it to switch"),
+                (
+                    Reason::AwaitingPromotion,
+                    format!("{preview} runs revision {revision} and is ready for promotion"),
                 ),
+            )
+        } else {
+            (
+                Phase::PreviewStarting,
+                Reason::PreviewStarting,
+                format!("starting revision {revision} on {preview}"),
+                (
+                    Reason::PreviewStarting,
+                    format!(
+                        "{preview} (revision {revision}) starting: {}",
+                        observed.describe()
+                    ),
+                ),
+            )
+        };
+        // One Event when the phase is entered, not one per reconcile.
+        if self.input.status.phase != phase {
+            self.event(Severity::Normal, event, note);
+        }
+        self.status().phase = phase;
+        self.progress(progress.0, progress.1);
+        false
+    }
+
+    /// `spec.abortedRevision` names the new revision before its promotion: the preview scales down.
+    fn abort_preview(&mut self, active: Color) {
+        let preview = active.other();
+        let revision = self.revision.clone();
+        self.scale_to_zero_if_up(preview);
+        if self.input.status.phase != Phase::Aborted {
+            self.event(
+                Severity::Warning,
+                Reason::RolloutAborted,
+                format!("rollout of revision {revision} aborted; {preview} scaled down, {active} keeps serving"),
             );
         }
-        false
+        self.status().phase = Phase::Aborted;
+        self.degraded = Some(Degraded {
+            reason: Reason::RolloutAborted,
+            message: format!(
+                "rollout of revision {revision} was aborted; change the spec or clear spec.abortedRevision to roll out again"
+            ),
+        });
     }
 
     /// A promotion request that cannot be honoured: a condition and an Event, nothing changed.
