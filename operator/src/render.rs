@@ -19,7 +19,8 @@ pub struct RenderArgs {
     #[arg(short = 'f', long = "filename")]
     pub file: PathBuf,
     /// YAML of the observed cluster (`blue`, `green`: `{api, ai: {revision, desired, ready,
-    /// available, updated, current}, pods}`, `activeService`, `migration`, `activate`, `recover`).
+    /// available, updated, current}, pods}`, `activeService`, and `migration`, `activate`,
+    /// `recover`: `{state: Absent|Running|Succeeded|Failed, message}`).
     /// Default: the active colour (`spec.activeColor`, else blue) runs the spec's revision, ready at
     /// full size, behind the stable Service.
     #[arg(long)]
@@ -253,6 +254,37 @@ spec:
         assert!(
             all.iter().any(|k| k.starts_with("Job/mutr-recover-")),
             "{all:?}"
+        );
+    }
+
+    #[test]
+    fn an_observed_state_from_yaml_drives_the_plan() {
+        // Blue serves the old revision; the new one starts on green at preview size.
+        let observed: Observed = serde_yaml::from_str(
+            r"
+blue:
+  api: { revision: old, desired: 2, ready: 2, available: 2, updated: 2, current: true }
+  ai: { revision: old, desired: 1, ready: 1, available: 1, updated: 1, current: true }
+  pods: 3
+activeService: blue
+migration: { state: Succeeded }
+",
+        )
+        .unwrap();
+        let path = PathBuf::from("md.yaml");
+        let mut md = parse(MD, &path, "shop").unwrap().remove(0);
+        md.status = Some(crate::crd::MutrDeploymentStatus {
+            active_color: Some(Color::Blue),
+            ..Default::default()
+        });
+        let names = kinds(&render(&md, &observed, false));
+        assert!(
+            names.contains(&"Deployment/mutr-api-green".to_owned()),
+            "{names:?}"
+        );
+        assert!(
+            !names.contains(&"Deployment/mutr-api-blue".to_owned()),
+            "{names:?}"
         );
     }
 

@@ -105,6 +105,7 @@ impl ColorObserved {
 
 /// A Job as observed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(tag = "state")]
 pub enum JobState {
     /// No such Job.
     #[default]
