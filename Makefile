@@ -52,6 +52,10 @@ lint: deps ## cargo fmt --check and cargo clippy --all-targets -D warnings
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
+.PHONY: images
+images: ## Build the images with Docker or Podman (REGISTRY=, TAG=, PUSH=1, CUDA=1; see hack/release/images.sh)
+	@$(HACK)/release/images.sh $(if $(PUSH),--push) $(if $(CUDA),--cuda)
+
 .PHONY: crds
 crds: deps ## Regenerate crds/ from the operator's Rust types
 	$(CARGO) run -q -p mutr-operator --bin mutr-operator -- crd > crds/mutrdeployments.mutr.io.yaml

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Checks what a user deploys: renders the Helm chart (kind, GKE and default values) with the real Helm
-# SDK, builds both kustomize overlays with the real kustomize, validates every object strictly against
-# the Kubernetes schemas and the MutrDeployment CRD, and enforces the policies (container security,
-# no literal secrets, RBAC == operator/README.md, CRD copies == crds/, image definitions).
+# SDK, builds both kustomize overlays with the real kustomize, renders what the operator applies for
+# every example and the chart's MutrDeployment (`mutr-operator render`), validates every object
+# strictly against the Kubernetes schemas of the oldest and newest supported release, the
+# MutrDeployment CRD and the checked-in third-party CRD schemas (deploy/crd-schemas/), and enforces
+# the policies (container security, no literal secrets, RBAC == operator/README.md, CRD copies ==
+# crds/, image definitions, Ingress routes); lints the workflows (actionlint) and the release scripts
+# (ShellCheck), and dry-runs the plugin archives and the krew manifest.
 #
 # Needs no cluster and no network except PyPI (and Debian's mirror when python3 or venv is missing):
 # the tools are pinned with hashes in hack/checks/deploy/requirements.txt and installed once into
@@ -49,4 +53,11 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$sta
     echo "$stamp" > "$VENV/.stamp"
 fi
 
-exec "$VENV/bin/python" "$ROOT/hack/checks/deploy/check.py" --kubectl "$VENV/bin/kubectl" --hadolint "$VENV/bin/hadolint"
+# `mutr-operator render` from this checkout (already built by `make test`'s cargo steps).
+cargo build --quiet --locked -p mutr-operator --bin mutr-operator
+operator="${CARGO_TARGET_DIR:-$ROOT/target}/debug/mutr-operator"
+shellcheck=()
+if [ -x "$VENV/bin/shellcheck" ]; then shellcheck=(--shellcheck "$VENV/bin/shellcheck"); fi
+
+exec "$VENV/bin/python" "$ROOT/hack/checks/deploy/check.py" --kubectl "$VENV/bin/kubectl" --hadolint "$VENV/bin/hadolint" \
+    --operator "$operator" --actionlint "$VENV/bin/actionlint" "${shellcheck[@]}"

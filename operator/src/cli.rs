@@ -10,9 +10,10 @@ use kube::Client;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
+use crate::k8s::{self, Context};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context};
+use crate::render::RenderArgs;
 use crate::server::{self, Health};
 
 /// Kubernetes operator for MutrDeployment: blue/green rollouts with drain and recovery.
@@ -50,6 +51,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinition as YAML.
     Crd,
+    /// Print the objects the operator would apply for a MutrDeployment (no cluster needed).
+    Render(RenderArgs),
 }
 
 /// Options of `run`.
@@ -158,7 +161,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     ));
 
     let result = if args.no_leader_election {
-        reconcile::run(ctx, args.watch_namespace.clone(), shutdown_signal()).await;
+        k8s::run(ctx, args.watch_namespace.clone(), shutdown_signal()).await;
         Ok(())
     } else {
         let config = LeaseConfig {
@@ -186,7 +189,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                         () = leader::lost(receiver) => lost_flag.store(true, Ordering::SeqCst),
                     }
                 };
-                reconcile::run(ctx, args.watch_namespace.clone(), stop).await;
+                k8s::run(ctx, args.watch_namespace.clone(), stop).await;
                 if lost.load(Ordering::SeqCst) { Err(RunError::LostLeadership) } else { Ok(()) }
             }
             () = shutdown_signal() => Ok(()),

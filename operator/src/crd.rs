@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    EnvVar, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -61,6 +63,99 @@ pub struct MutrDeploymentSpec {
     /// Names of the stable Services.
     #[serde(default)]
     pub service: ServiceSpec,
+    /// Secrets (`kubernetes.io/dockerconfigjson`) for pulling the images, given to every pod the
+    /// operator creates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// PodDisruptionBudgets for the API and AI server of each colour.
+    #[serde(default)]
+    pub pod_disruption_budget: PodDisruptionBudgetSpec,
+    /// A NetworkPolicy per colour that admits to the AI server's gRPC port only the API pods of the
+    /// same colour (its metrics port stays open to scrapers).
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+    /// Prometheus Operator `ServiceMonitor`s for the API and the AI server.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+    /// A ConfigMap key holding the CA certificate(s) (PEM) of a Redis reached over TLS
+    /// (`rediss://`), e.g. the server CA of Memorystore with in-transit encryption. Mounted into
+    /// every pod that talks to Redis, which then trusts these CAs (`SSL_CERT_FILE`) instead of the
+    /// system ones for Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_ca_config_map: Option<ConfigMapKeyRef>,
+}
+
+/// A key in a ConfigMap of the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the ConfigMap.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
+/// PodDisruptionBudgets of the serving pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDisruptionBudgetSpec {
+    /// Create them.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Pods of one Deployment that a voluntary disruption (node drain, upgrade) may take at once.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub max_unavailable: i32,
+}
+
+impl Default for PodDisruptionBudgetSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_unavailable: 1,
+        }
+    }
+}
+
+/// The AI server's NetworkPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create it (enforced where the CNI supports NetworkPolicy: GKE Dataplane V2, Calico, kindnet).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// Monitoring objects.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// Create `monitoring.coreos.com/v1` ServiceMonitors for the API (`/metrics` on 8080) and the
+    /// AI server (`/metrics` on 9090); needs the Prometheus Operator's CRDs.
+    #[serde(default)]
+    pub service_monitor: bool,
+    /// Scrape interval (Prometheus duration, e.g. `30s`); the Prometheus default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+    ))]
+    pub interval: Option<String>,
+    /// Extra labels on the ServiceMonitors (what your Prometheus' `serviceMonitorSelector` matches).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A key in a Secret of the same namespace.
@@ -102,6 +197,61 @@ pub struct ApiSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['DATABASE_URL', 'REDIS_URL', 'MUTR_COLOR', 'MUTR_POD_NAME', 'MUTR_AI_URL', 'MUTR_DRAIN_TIMEOUT', 'MUTR_HTTP_ADDR']))").message("DATABASE_URL, REDIS_URL, MUTR_COLOR, MUTR_POD_NAME, MUTR_AI_URL, MUTR_DRAIN_TIMEOUT and MUTR_HTTP_ADDR are set by the operator"))]
     pub env: Vec<EnvVar>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Topology spread of the pods; empty means across zones and nodes (`ScheduleAnyway`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// A HorizontalPodAutoscaler per colour on CPU. While it is set the autoscaler owns the serving
+    /// colour's replica count and `replicas` is not used (the operator only sets 0 on a colour it
+    /// scales down, and at least `minReplicas` before traffic moves to a colour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<ApiAutoscaling>,
+}
+
+/// The API's HorizontalPodAutoscaler.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+pub struct ApiAutoscaling {
+    /// Fewest replicas.
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most replicas.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation (percent of the requests) the autoscaler aims at.
+    #[serde(
+        default = "default_cpu_target",
+        rename = "targetCPUUtilizationPercentage"
+    )]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+/// The AI server's KEDA `ScaledObject`, driven by the analysis queue depth.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+pub struct AiAutoscaling {
+    /// Fewest replicas.
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most replicas.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Prometheus that scrapes the API's `/metrics` (e.g. `http://prometheus-operated.monitoring:9090`).
+    #[schemars(length(min = 1))]
+    pub prometheus_address: String,
+    /// PromQL query of the queue depth; default `max(mutr_analysis_queue_depth{namespace="<ns>"})`
+    /// (every API pod reports the same shared queue, so `max`, not `sum`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Nodes waiting for analysis per AI server replica: replicas = ceil(depth / this).
+    #[serde(default = "default_queue_per_replica")]
+    #[schemars(range(min = 1))]
+    pub nodes_per_replica: i32,
 }
 
 /// The AI server Deployment of each colour.
@@ -138,6 +288,17 @@ pub struct AiServerSpec {
     /// Give the AI server `REDIS_URL` (from `spec.redis`) for its result cache.
     #[serde(default)]
     pub result_cache: bool,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Topology spread of the pods; empty means across zones and nodes (`ScheduleAnyway`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// A KEDA `ScaledObject` per colour on the analysis queue depth. While it is set KEDA owns the
+    /// active colour's replica count and `replicas` is not used; the other colour's is paused at the
+    /// count the rollout needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AiAutoscaling>,
 }
 
 /// The model files of the AI server.
@@ -158,9 +319,54 @@ pub struct ModelSpec {
     /// emptyDir per pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent_volume_claim: Option<String>,
-    /// Size limit of the emptyDir model cache.
+    /// Size limit of the emptyDir model cache; 20Gi when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_size_limit: Option<Quantity>,
+    /// Pass `--require-checksum`: refuse any file whose sha256 is not pinned. Default: on when every
+    /// file of the profile is pinned (by `files` below, or in the built-in manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_checksum: Option<bool>,
+    /// The profile's files, pinned here (URL, size, sha256) instead of the manifest built into the
+    /// image: `fetch-model` and `serve` then read this list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ModelFile>,
+    /// Resources of the `fetch-model` init container; a small default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_resources: Option<ResourceRequirements>,
+}
+
+/// One model file, pinned.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelFile {
+    /// What the AI server uses it for.
+    pub role: ModelRole,
+    /// File name in the model folder.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$"))]
+    pub file: String,
+    /// Where to download it (https).
+    #[schemars(regex(pattern = r"^https://"))]
+    pub url: String,
+    /// Size in bytes, as published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub size: Option<i64>,
+    /// SHA-256 as published (64 hex digits).
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub sha256: String,
+    /// Its licence, for the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
+}
+
+/// The role of a model file.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelRole {
+    /// The generative model (topics, emotions).
+    Generate,
+    /// The sentence-embedding model (mutation scores).
+    Embed,
 }
 
 impl Default for ModelSpec {
@@ -170,6 +376,9 @@ impl Default for ModelSpec {
             fetch: true,
             persistent_volume_claim: None,
             cache_size_limit: None,
+            require_checksum: None,
+            files: Vec::new(),
+            fetch_resources: None,
         }
     }
 }
@@ -256,12 +465,49 @@ pub struct ServiceSpec {
     #[serde(default = "default_service_name")]
     #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,44}[a-z0-9])?$"))]
     pub name: String,
+    /// Session affinity of both Services. `ClientIP` keeps a client on one API replica, which SockJS
+    /// xhr sessions need (a session lives in one replica); Ingresses that proxy to pods directly
+    /// need their own cookie affinity (the chart sets it for GKE and ingress-nginx).
+    #[serde(default)]
+    pub session_affinity: SessionAffinity,
+    /// How long a `ClientIP` affinity lasts without traffic.
+    #[serde(default = "default_affinity_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub session_affinity_timeout_seconds: i32,
+    /// Annotations of both Services, e.g. GKE's `cloud.google.com/backend-config` and
+    /// `cloud.google.com/neg` for an Ingress in front of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl Default for ServiceSpec {
     fn default() -> Self {
         Self {
             name: default_service_name(),
+            session_affinity: SessionAffinity::default(),
+            session_affinity_timeout_seconds: default_affinity_timeout(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// Session affinity of the API Services.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum SessionAffinity {
+    /// Requests from one client IP go to one replica.
+    #[default]
+    ClientIP,
+    /// Every request is balanced on its own.
+    None,
+}
+
+impl SessionAffinity {
+    /// The value of a Service's `spec.sessionAffinity`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionAffinity::ClientIP => "ClientIP",
+            SessionAffinity::None => "None",
         }
     }
 }
@@ -298,6 +544,15 @@ fn default_job_deadline() -> i64 {
 }
 fn default_service_name() -> String {
     "mutr-api".into()
+}
+fn default_affinity_timeout() -> i32 {
+    10_800
+}
+fn default_cpu_target() -> i32 {
+    70
+}
+fn default_queue_per_replica() -> i32 {
+    20
 }
 
 /// One of the two colours.
@@ -561,6 +816,12 @@ struct RevisionInput<'a> {
     redis: &'a SecretKeyRef,
     drain_timeout_seconds: i32,
     termination_grace_margin_seconds: i32,
+    // Fields added after v1alpha1 was first released are left out while unset, so that the
+    // revision of an existing resource, and so its pods, stay the same across an operator upgrade.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    image_pull_secrets: &'a [LocalObjectReference],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_ca_config_map: &'a Option<ConfigMapKeyRef>,
 }
 
 #[derive(Serialize)]
@@ -570,6 +831,10 @@ struct ApiRevision<'a> {
     image_pull_policy: &'a Option<String>,
     resources: &'a Option<ResourceRequirements>,
     env: &'a [EnvVar],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority_class_name: &'a Option<String>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    topology_spread_constraints: &'a [TopologySpreadConstraint],
 }
 
 #[derive(Serialize)]
@@ -583,6 +848,10 @@ struct AiRevision<'a> {
     model: &'a ModelSpec,
     gpu: &'a Option<GpuSpec>,
     result_cache: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority_class_name: &'a Option<String>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    topology_spread_constraints: &'a [TopologySpreadConstraint],
 }
 
 impl MutrDeploymentSpec {
@@ -595,6 +864,8 @@ impl MutrDeploymentSpec {
                 image_pull_policy: &self.api.image_pull_policy,
                 resources: &self.api.resources,
                 env: &self.api.env,
+                priority_class_name: &self.api.priority_class_name,
+                topology_spread_constraints: &self.api.topology_spread_constraints,
             },
             ai_server: AiRevision {
                 image: &self.ai_server.image,
@@ -605,11 +876,15 @@ impl MutrDeploymentSpec {
                 model: &self.ai_server.model,
                 gpu: &self.ai_server.gpu,
                 result_cache: self.ai_server.result_cache,
+                priority_class_name: &self.ai_server.priority_class_name,
+                topology_spread_constraints: &self.ai_server.topology_spread_constraints,
             },
             database: &self.database,
             redis: &self.redis,
             drain_timeout_seconds: self.strategy.drain_timeout_seconds,
             termination_grace_margin_seconds: self.strategy.termination_grace_margin_seconds,
+            image_pull_secrets: &self.image_pull_secrets,
+            redis_ca_config_map: &self.redis_ca_config_map,
         };
         let bytes = serde_json::to_vec(&input)
             .expect("the revision input is plain data and always serializes");
@@ -617,12 +892,29 @@ impl MutrDeploymentSpec {
         hex::encode(&digest[..5])
     }
 
+    /// Replicas of a serving colour: `replicas`, or the autoscaler's minimum when one is set (it
+    /// owns the count above that).
+    #[must_use]
+    pub fn serving_replicas(&self) -> (i32, i32) {
+        (
+            self.api
+                .autoscaling
+                .as_ref()
+                .map_or(self.api.replicas, |a| a.min_replicas),
+            self.ai_server
+                .autoscaling
+                .as_ref()
+                .map_or(self.ai_server.replicas, |a| a.min_replicas),
+        )
+    }
+
     /// Replicas of each preview Deployment before promotion.
     #[must_use]
     pub fn preview_replicas(&self) -> (i32, i32) {
+        let (api, ai) = self.serving_replicas();
         match self.strategy.preview_replicas {
-            Some(n) => (n.min(self.api.replicas), n.min(self.ai_server.replicas)),
-            None => (self.api.replicas, self.ai_server.replicas),
+            Some(n) => (n.min(api), n.min(ai)),
+            None => (api, ai),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `mutr-operator`: runs the MutrDeployment controller, or prints the CRD (`mutr-operator crd`).
+//! `mutr-operator`: runs the MutrDeployment controller, prints the CRD (`mutr-operator crd`), or
+//! prints what it would apply for a resource (`mutr-operator render`).
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -11,19 +12,8 @@ use mutr_operator::cli::{self, Cli, Command};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Crd) => match mutr_operator::crd::crd_yaml() {
-            Ok(yaml) => match std::io::stdout().write_all(yaml.as_bytes()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("cannot write the CRD: {e}");
-                    ExitCode::FAILURE
-                }
-            },
-            Err(e) => {
-                eprintln!("cannot serialize the CRD: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Some(Command::Crd) => print(mutr_operator::crd::crd_yaml(), "the CRD"),
+        Some(Command::Render(args)) => print(mutr_operator::render::run(&args), "the objects"),
         command => {
             cli::init_tracing(cli.log_format);
             let args = match command {
@@ -37,6 +27,28 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Writes a printing subcommand's output to stdout, or its error (with the cause) to stderr.
+fn print<E: std::error::Error>(output: Result<String, E>, what: &str) -> ExitCode {
+    let result = output.map_err(|e| {
+        let cause = std::error::Error::source(&e)
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default();
+        format!("cannot produce {what}: {e}{cause}")
+    });
+    let written = result.and_then(|text| {
+        std::io::stdout()
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("cannot write {what}: {e}"))
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("mutr-operator: {message}");
+            ExitCode::FAILURE
         }
     }
 }

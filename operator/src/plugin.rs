@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::crd::{Color, MutrDeployment, MutrDeploymentStatus, Phase};
 use crate::error::{Error, Result};
-use crate::reconcile::switchover::condition;
+use crate::reconcile::condition;
 
 /// Drive MutrDeployment rollouts: status, promote, abort, wait.
 #[derive(Debug, Parser)]

@@ -480,7 +480,7 @@ async fn the_controller_reconciles_what_it_lists_and_stops_on_shutdown() {
     );
     let migrate = format!("mutr-migrate-{}", revision(&fake));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(mutr_operator::reconcile::run(
+    let controller = tokio::spawn(mutr_operator::k8s::run(
         fake.context(),
         Some(NS.into()),
         async move {
@@ -509,4 +509,37 @@ async fn the_controller_reconciles_what_it_lists_and_stops_on_shutdown() {
         .await
         .expect("graceful shutdown")
         .unwrap();
+}
+
+#[tokio::test]
+async fn with_an_autoscaler_the_operator_leaves_the_replica_count_to_it() {
+    let fake = FakeApi::new();
+    bring_up(&fake, false).await;
+    let ctx = fake.context();
+    set_spec(
+        &fake,
+        json!({ "api": { "autoscaling": { "minReplicas": 2, "maxReplicas": 6 } } }),
+    );
+    fake.reconcile(&ctx, "mutr").await;
+    let hpa = fake
+        .get("horizontalpodautoscalers", "mutr-api-blue")
+        .expect("an HPA for the serving colour");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "mutr-api-blue");
+    // The HPA scales up; the operator's next reconciles leave its count alone.
+    fake.edit("deployments", "mutr-api-blue", |d| {
+        d["spec"]["replicas"] = json!(5);
+    });
+    fake.kubelet(&[], false);
+    fake.reconcile(&ctx, "mutr").await;
+    fake.reconcile(&ctx, "mutr").await;
+    assert_eq!(fake.replicas("mutr-api-blue"), Some(5));
+    assert_eq!(fake.status("mutr")["phase"], "Healthy");
+    // Autoscaling off: the HPA goes and the operator owns the count again.
+    set_spec(&fake, json!({ "api": { "autoscaling": null } }));
+    fake.reconcile(&ctx, "mutr").await;
+    assert!(
+        fake.get("horizontalpodautoscalers", "mutr-api-blue")
+            .is_none()
+    );
+    assert_eq!(fake.replicas("mutr-api-blue"), Some(2));
 }

@@ -134,3 +134,33 @@ Call with (dict "ctx" $ "secret" "<name>" "key" "<key>" "length" 32).
 {{- randAlphaNum (int .length) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Names of the Ingress and its companions (BackendConfig, FrontendConfig, ManagedCertificate). */}}
+{{- define "mutr.ingress.name" -}}
+{{- printf "%s-api" (include "mutr.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mutr.ingress.backendConfigName" -}}
+{{- include "mutr.ingress.name" . -}}
+{{- end -}}
+
+{{- define "mutr.ingress.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "mutr.fullname" .)) .Values.ingress.tls.secretName -}}
+{{- end -}}
+
+{{/*
+The pods the operator builds for the MutrDeployment that may reach a database: its API and its
+migrate/activate/recover Jobs, and with (dict "ctx" $ "ai" true) its AI server (the Redis result
+cache). A NetworkPolicy `from` peer. The instance is mutrDeployment.name, also for a resource you
+create yourself under that name.
+*/}}
+{{- define "mutr.clientPeer" -}}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/instance: {{ .ctx.Values.mutrDeployment.name }}
+      app.kubernetes.io/managed-by: mutr-operator
+    matchExpressions:
+      - key: app.kubernetes.io/component
+        operator: In
+        values: [api, migrate, activate, recover{{ if .ai }}, ai-server{{ end }}]
+{{- end -}}

@@ -1,8 +1,11 @@
 """Checks for what a user deploys: the Helm chart, the kustomize overlays and the image definitions.
 
 Run by hack/checks/deploy.sh inside a virtual environment that holds real Helm (the Helm 4 Go SDK
-through helm-python-sdk), real kustomize (inside kubectl) and the Kubernetes JSON schemas
-(kubernetes-validate). Nothing here contacts a cluster or the network.
+through helm-python-sdk), real kustomize (inside kubectl), the Kubernetes JSON schemas
+(kubernetes-validate), actionlint and ShellCheck. The schemas of the third-party custom resources
+(GKE Ingress objects, cert-manager, KEDA, prometheus-operator) are checked in beside this file
+(crd-schemas/, see generate.sh there). What the operator builds is rendered by `mutr-operator render`
+and checked like the chart. Nothing here contacts a cluster or the network.
 
 Each check records a pass or a failure with a reason; the process exits non-zero on any failure.
 A self-test first feeds known-bad objects to the policy checks, so none of them can pass vacuously.
@@ -30,10 +33,26 @@ MANIFESTS = ROOT / "manifests"
 CRDS = ROOT / "crds"
 OPERATOR_README = ROOT / "operator" / "README.md"
 DOCKER = ROOT / "docker"
+WORKFLOWS = ROOT / ".github" / "workflows"
+RELEASE = ROOT / "hack" / "release"
+THIRD_PARTY_SCHEMAS = Path(__file__).resolve().parent / "crd-schemas"
+
+
+def chart_min_kube_version() -> str:
+    """The oldest Kubernetes the chart claims (Chart.yaml kubeVersion ">=X.Y...")."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    m = re.match(r"^>=\s*v?(\d+)\.(\d+)", str(chart.get("kubeVersion") or ""))
+    if not m:
+        raise SystemExit("charts/mutr/Chart.yaml: kubeVersion must start with >=X.Y")
+    return f"{m.group(1)}.{m.group(2)}"
+
 
 # Kubernetes versions the output is validated against: the oldest the chart supports (Chart.yaml
 # kubeVersion) and the newest the bundled schemas know.
-KUBE_VERSIONS = ("1.28", kubernetes_validate.utils.major_minor(kubernetes_validate.utils.latest_version()))
+KUBE_VERSIONS = (
+    chart_min_kube_version(),
+    kubernetes_validate.utils.major_minor(kubernetes_validate.utils.latest_version()),
+)
 
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 SECRETISH_KEY = re.compile(r"(?i)(pass(word|wd)?|secret|token|api[-_]?key|credential|private[-_]?key|auth[-_]?string)")
@@ -229,19 +248,57 @@ def cel_problems(schema: dict[str, Any], value: Any, path: str = "") -> list[str
     return problems
 
 
+_THIRD_PARTY: dict[tuple[str, str], Any] | None = None
+
+
+def third_party_validators() -> dict[tuple[str, str], Any]:
+    """(apiVersion, kind) -> a validator for each checked-in third-party schema (every object closed)."""
+    global _THIRD_PARTY
+    if _THIRD_PARTY is None:
+        _THIRD_PARTY = {}
+        for path in sorted(THIRD_PARTY_SCHEMAS.glob("*_*_*.json")):  # group_version_Kind.json
+            schema = yaml.safe_load(path.read_text())
+            root = schema["definitions"][schema["$ref"].rsplit("/", 1)[-1]]
+            key = (root["properties"]["apiVersion"]["const"], root["properties"]["kind"]["const"])
+            _THIRD_PARTY[key] = jsonschema.Draft7Validator(schema)
+    return _THIRD_PARTY
+
+
+def with_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """The object as the API server stores it: every absent property that has a `default` filled in,
+    at every level (structural schema defaulting)."""
+    value = copy.deepcopy(value)
+    if isinstance(value, dict):
+        for key, sub in (schema.get("properties") or {}).items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                value[key] = with_defaults(sub, value[key])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        value = [with_defaults(schema["items"], v) for v in value]
+    return value
+
+
 def validate_objects(docs: list[dict[str, Any]], crds: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     """Strict schema validation of every object: built-in kinds against the Kubernetes schemas of
-    each version in KUBE_VERSIONS, custom resources against their CRD's structural schema."""
+    each version in KUBE_VERSIONS, our custom resources against their CRD's structural schema, and
+    third-party custom resources against the checked-in schemas (crd-schemas/)."""
     problems = []
+    third_party = third_party_validators()
     for d in docs:
         key = (d.get("apiVersion"), d.get("kind"))
+        if key in third_party:
+            for e in sorted(third_party[key].iter_errors(d), key=lambda e: list(e.absolute_path)):
+                problems.append(f"{obj_name(d)}: {'.'.join(map(str, e.absolute_path))}: {e.message}")
+            continue
         if key in crds:
             schema = strict_crd_schema(crds[key])
             try:
                 jsonschema.Draft7Validator(schema).validate(d)
             except jsonschema.ValidationError as e:
                 problems.append(f"{obj_name(d)}: {'.'.join(map(str, e.absolute_path))}: {e.message}")
-            problems += [f"{obj_name(d)}: {p}" for p in cel_problems(crds[key], d)]
+            # The API server applies the schema's defaults before it evaluates the rules.
+            problems += [f"{obj_name(d)}: {p}" for p in cel_problems(crds[key], with_defaults(crds[key], d))]
             continue
         for version in KUBE_VERSIONS:
             try:
@@ -813,6 +870,9 @@ def check_values_schema(report: Report) -> None:
         ("an unknown colour", {"mutrDeployment": {"activeColor": "red"}}),
         ("the image tag latest", {"operator": {"image": {"tag": "latest"}}}),
         ("a malformed image digest", {"operator": {"image": {"digest": "sha256:xyz"}}}),
+        ("an unknown ingress key", {"ingress": {"hots": "x"}}),
+        ("an unknown ingress provider", {"ingress": {"provider": "traefik"}}),
+        ("an unpinned model file", {"mutrDeployment": {"aiServer": {"model": {"files": [{"role": "embed", "file": "e.gguf", "url": "https://x/e.gguf", "sha256": ""}]}}}}),
     ]
     for what, values in bad:
         try:
@@ -840,7 +900,7 @@ def check_lint(report: Report, values_sets: dict[str, list[Path]]) -> None:
         values: dict[str, Any] = {}
         for f in files:
             values = deep_merge(values, yaml.safe_load(f.read_text()) or {})
-        result = helm.lint(CHART, values, strict=True, namespace="mutr", kube_version="v1.28.0")
+        result = helm.lint(CHART, values, strict=True, namespace="mutr", kube_version=f"v{KUBE_VERSIONS[0]}.0")
         msgs = [
             f"{m.get('path')}: {m.get('error')}" for m in result.get("messages") or [] if (m.get("severity") or 0) >= 2
         ]
@@ -888,6 +948,13 @@ def check_dockerfiles(report: Report, hadolint: str) -> None:
             problems.append("the final stage has no ENTRYPOINT/CMD")
         if "--locked" not in text:
             problems.append("cargo build without --locked")
+        if "cargo chef cook" not in text or "cargo chef prepare" not in text:
+            problems.append("no cargo-chef dependency layer (cargo chef prepare / cook)")
+        if "--mount=type=cache,target=/src/target" in text:
+            problems.append("the target folder is a BuildKit cache mount: a fresh runner starts cold")
+        for label in ("source", "revision", "version", "licenses"):
+            if not any(f"org.opencontainers.image.{label}=" in ln for ln in final):
+                problems.append(f"the final stage has no org.opencontainers.image.{label} label")
         report.check(f"docker/{f.name}", problems)
         lint = subprocess.run(
             [hadolint, "--no-color", "--config", str(DOCKER / ".hadolint.yaml"), str(f)], capture_output=True, text=True
@@ -904,10 +971,228 @@ def check_dockerfiles(report: Report, hadolint: str) -> None:
     )
 
 
+
+# --------------------------------------------------------------------------- what the operator builds
+
+
+def operator_render(operator: str, docs: list[dict[str, Any]], *, all_objects: bool) -> list[dict[str, Any]]:
+    """`mutr-operator render` of the given MutrDeployments (steady state, or --all)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump_all(docs, f)
+        path = f.name
+    try:
+        args = [operator, "render", "-f", path, "-n", "mutr"] + (["--all"] if all_objects else [])
+        out = subprocess.run(args, check=True, capture_output=True, text=True)
+    finally:
+        os.unlink(path)
+    return load_all(out.stdout)
+
+
+def check_operator_objects(
+    report: Report,
+    operator: str,
+    crds: dict[tuple[str, str], dict[str, Any]],
+    sources: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Renders what the operator applies for each MutrDeployment (the examples and the chart's) and
+    validates it like the chart: strict schemas of the oldest and newest Kubernetes, third-party
+    schemas, the container security policy, no literal credentials, unique names."""
+    section(f"what the operator builds: mutr-operator render, validated against Kubernetes {' and '.join(KUBE_VERSIONS)}")
+    for label, mds in sources.items():
+        if not mds:
+            report.fail(f"{label}: a MutrDeployment to render", "none found")
+            continue
+        for mode in ("steady", "all"):
+            what = f"operator render ({label}, {'every object it can apply' if mode == 'all' else 'serving colour'})"
+            try:
+                docs = operator_render(operator, mds, all_objects=(mode == "all"))
+            except subprocess.CalledProcessError as e:
+                report.fail(what, (e.stderr or e.stdout).strip())
+                continue
+            kinds = sorted({d.get("kind") for d in docs})
+            report.ok(f"{what}: {len(docs)} objects ({', '.join(kinds)})")
+            report.check(f"{what}: every object validates (strict)", validate_objects(docs, crds))
+            report.check(f"{what}: every container is non-root, read-only, unprivileged, seccomp'd, with resources and /tmp", security_problems(docs))
+            report.check(
+                f"{what}: no literal credentials",
+                [p for d in docs for p in literal_secret_problems(label, d)],
+            )
+            names = [obj_name(d) for d in docs]
+            report.check(
+                f"{what}: object names are unique",
+                [f"duplicate {n}" for n in sorted({n for n in names if names.count(n) > 1})],
+            )
+            problems = []
+            for d in docs:
+                if d.get("kind") != "Deployment":
+                    continue
+                spec = d["spec"]["template"]["spec"]
+                for v in spec.get("volumes") or []:
+                    if "emptyDir" in v and not (v["emptyDir"] or {}).get("sizeLimit"):
+                        problems.append(f"{obj_name(d)}: emptyDir {v['name']} has no sizeLimit")
+                for c in spec.get("initContainers") or []:
+                    if c.get("name") == "fetch-model":
+                        args = c.get("args") or []
+                        if "--dest" not in args or args[args.index("--dest") + 1] != "/models":
+                            problems.append(f"{obj_name(d)}: fetch-model does not write into /models")
+                if not spec.get("topologySpreadConstraints"):
+                    problems.append(f"{obj_name(d)}: no topologySpreadConstraints")
+            report.check(f"{what}: bounded emptyDirs, models fetched into the volume, pods spread", problems)
+
+
+def check_ingress(report: Report, label: str, docs: list[dict[str, Any]], md: dict[str, Any] | None = None) -> None:
+    """The Ingress routes every public path to the stable API Service (or / to the root Service),
+    and on GKE its companions exist and the API Service is told to use the BackendConfig."""
+    ingresses = [d for d in docs if d.get("kind") == "Ingress"]
+    if not ingresses:
+        report.fail(f"{label}: an Ingress", "none rendered")
+        return
+    problems = []
+    md = md or next((d for d in docs if d.get("kind") == "MutrDeployment"), None)
+    stable = ((md or {}).get("spec", {}).get("service") or {}).get("name", "mutr-api")
+    for ing in ingresses:
+        paths = {
+            p["path"]: p["backend"]["service"]
+            for rule in ing["spec"].get("rules") or []
+            for p in (rule.get("http") or {}).get("paths") or []
+        }
+        for path in ("/api/", "/ws-mutr", "/oauth2/", "/login/oauth2/code/"):
+            backend = paths.get(path)
+            if backend is None:
+                problems.append(f"{obj_name(ing)}: no route for {path}")
+            elif backend["name"] != stable or backend["port"].get("number") != 80:
+                problems.append(f"{obj_name(ing)}: {path} goes to {backend}, not {stable}:80")
+        if "/" not in paths:
+            problems.append(f"{obj_name(ing)}: no route for /")
+        annotations = ing["metadata"].get("annotations") or {}
+        if annotations.get("kubernetes.io/ingress.class") == "gce":
+            names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+            cert = annotations.get("networking.gke.io/managed-certificates")
+            if cert and ("ManagedCertificate", cert) not in names:
+                problems.append(f"{obj_name(ing)}: ManagedCertificate {cert} is not rendered")
+            frontend = annotations.get("networking.gke.io/v1beta1.FrontendConfig")
+            if frontend and ("FrontendConfig", frontend) not in names:
+                problems.append(f"{obj_name(ing)}: FrontendConfig {frontend} is not rendered")
+            if not annotations.get("kubernetes.io/ingress.global-static-ip-name"):
+                problems.append(f"{obj_name(ing)}: no static IP")
+            backend_configs = [d for d in docs if d.get("kind") == "BackendConfig"]
+            wanted = ((md or {}).get("spec", {}).get("service") or {}).get("annotations", {}).get("cloud.google.com/backend-config", "")
+            if not any(f'"{b["metadata"]["name"]}"' in wanted for b in backend_configs):
+                problems.append(f"the MutrDeployment's Services do not name a rendered BackendConfig ({wanted!r})")
+            for b in backend_configs:
+                hc = b["spec"].get("healthCheck") or {}
+                if hc.get("requestPath") != "/readyz":
+                    problems.append(f"{obj_name(b)}: health check is not /readyz")
+                if (b["spec"].get("timeoutSec") or 0) < 600:
+                    problems.append(f"{obj_name(b)}: timeoutSec below 600 s cuts WebSockets")
+                if (b["spec"].get("sessionAffinity") or {}).get("affinityType") != "GENERATED_COOKIE":
+                    problems.append(f"{obj_name(b)}: no cookie affinity")
+        else:
+            if "nginx.ingress.kubernetes.io/affinity" not in annotations:
+                problems.append(f"{obj_name(ing)}: no cookie affinity for SockJS")
+            if int(annotations.get("nginx.ingress.kubernetes.io/proxy-read-timeout", "60")) < 600:
+                problems.append(f"{obj_name(ing)}: proxy-read-timeout below 600 s cuts WebSockets")
+    report.check(f"{label}: the Ingress routes /api/, /ws-mutr, /oauth2/, /login/oauth2/code/ and / to the API", problems)
+
+
+def check_workflows(report: Report, actionlint: str, shellcheck: str | None) -> None:
+    section("release pipeline: workflows, scripts, plugin archives and krew manifest")
+    workflows = sorted(WORKFLOWS.glob("*.yml")) + sorted(WORKFLOWS.glob("*.yaml"))
+    names = {w.name for w in workflows}
+    report.check(
+        ".github/workflows has a CI and a release workflow",
+        [f"missing .github/workflows/{n}" for n in ("ci.yml", "release.yml") if n not in names],
+    )
+    env = dict(os.environ)
+    if shellcheck:
+        env["PATH"] = f"{Path(shellcheck).parent}{os.pathsep}{env.get('PATH', '')}"
+    lint = subprocess.run(
+        [actionlint, "-no-color", *map(str, workflows)], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    report.check(
+        f"actionlint .github/workflows ({'with' if shellcheck else 'without'} ShellCheck on run: steps)",
+        [ln for ln in (lint.stdout + lint.stderr).splitlines() if ln.strip() and not ln.startswith(" ")]
+        if lint.returncode
+        else [],
+    )
+    release = (WORKFLOWS / "release.yml").read_text() if (WORKFLOWS / "release.yml").exists() else ""
+    needed = {
+        "images pushed with a registry cache": "hack/release/images.sh --push",
+        "the promotion script (wait, promote, abort on failure)": "hack/release/promote.sh",
+        "kubectl-mutr archives": "hack/release/plugin-archive.sh",
+        "the krew manifest": "hack/release/krew-manifest.py",
+    }
+    report.check(
+        "release.yml builds and pushes the images, archives the plugin, writes the krew manifest and promotes",
+        [f"no {what} ({needle})" for what, needle in needed.items() if needle not in release],
+    )
+    promote = (RELEASE / "promote.sh").read_text()
+    report.check(
+        "promote.sh waits for preview-ready, promotes, waits for promoted and aborts on failure",
+        [
+            f"missing {needle!r}"
+            for needle in ("--for=preview-ready", "mutr -n \"$ns\" promote", "--for=promoted", "trap abort ERR", "abort \"$name\"")
+            if needle not in promote
+        ],
+    )
+    scripts = sorted(RELEASE.glob("*.sh")) + [ROOT / "operator" / "e2e" / "kind.sh"]
+    if shellcheck:
+        sc = subprocess.run([shellcheck, "-x", *map(str, scripts)], capture_output=True, text=True, cwd=ROOT)
+        report.check(
+            f"shellcheck {' '.join(str(p.relative_to(ROOT)) for p in scripts)}",
+            [ln for ln in sc.stdout.splitlines() if ln.startswith("In ")] if sc.returncode else [],
+        )
+    else:
+        report.ok("shellcheck skipped: no ShellCheck wheel for this platform")
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = Path(tmp) / "kubectl-mutr"
+        binary.write_text("#!/bin/sh\necho kubectl-mutr\n")
+        out = Path(tmp) / "dist"
+        problems = []
+        for os_name, arch in (("linux", "amd64"), ("darwin", "arm64")):
+            subprocess.run(
+                ["bash", str(RELEASE / "plugin-archive.sh"), "9.9.9", os_name, arch, str(binary), str(out)],
+                check=True,
+                capture_output=True,
+            )
+        manifest = subprocess.run(
+            [sys.executable, str(RELEASE / "krew-manifest.py"), "9.9.9", str(out)], check=True, capture_output=True, text=True
+        ).stdout
+        plugin = yaml.safe_load(manifest)
+        if plugin.get("apiVersion") != "krew.googlecontainertools.github.com/v1alpha2" or plugin.get("kind") != "Plugin":
+            problems.append("not a krew Plugin")
+        if (plugin.get("metadata") or {}).get("name") != "mutr":
+            problems.append("the plugin is not named mutr (kubectl mutr)")
+        platforms = (plugin.get("spec") or {}).get("platforms") or []
+        if len(platforms) != 2:
+            problems.append(f"{len(platforms)} platforms for 2 archives")
+        import hashlib
+        import tarfile
+
+        for p in platforms:
+            name = p["uri"].rsplit("/", 1)[-1]
+            archive = out / name
+            if hashlib.sha256(archive.read_bytes()).hexdigest() != p["sha256"]:
+                problems.append(f"{name}: sha256 does not match")
+            with tarfile.open(archive) as tar:
+                if f"./{p['bin']}" not in tar.getnames():
+                    problems.append(f"{name}: no {p['bin']} inside")
+            if not p["uri"].startswith("https://github.com/mutr/mutr-k8s/releases/download/v9.9.9/"):
+                problems.append(f"{name}: unexpected download URL {p['uri']}")
+        report.check("plugin-archive.sh + krew-manifest.py: archives and a krew manifest whose sha256s match", problems)
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--kubectl", required=True, help="kubectl binary (for its built-in kustomize)")
     parser.add_argument("--hadolint", required=True, help="hadolint binary")
+    parser.add_argument("--operator", required=True, help="mutr-operator binary (for `render`)")
+    parser.add_argument("--actionlint", required=True, help="actionlint binary")
+    parser.add_argument("--shellcheck", help="shellcheck binary (optional: no wheel on every platform)")
     args = parser.parse_args()
     report = Report()
     os.chdir(ROOT)
@@ -916,6 +1201,7 @@ def main() -> int:
     crds = check_crds(report)
     check_committed_yaml(report)
     check_dockerfiles(report, args.hadolint)
+    check_workflows(report, args.actionlint, args.shellcheck)
 
     section("Helm chart: lint and render for each values set")
     values_sets = {
@@ -923,7 +1209,26 @@ def main() -> int:
         "kind": [CHART / "values-kind.yaml"],
         "gke": [CHART / "values-gke.yaml"],
     }
-    extra_sets = {"watch one namespace": {"operator": {"watchNamespace": "apps"}}}
+    extra_sets = {
+        "watch one namespace": {"operator": {"watchNamespace": "apps"}},
+        # ingress-nginx with cert-manager (a Certificate and its own ACME Issuer), a web client on /.
+        "nginx + cert-manager": {
+            "postgresql": {"enabled": True},
+            "redis": {"enabled": True},
+            "mutrDeployment": {"enabled": True},
+            "ingress": {
+                "enabled": True,
+                "provider": "nginx",
+                "host": "mutr.example.org",
+                "rootService": {"name": "mutr-web", "port": 80},
+                "sessionCookieTtlSeconds": 3600,
+                "tls": {
+                    "enabled": True,
+                    "certManager": {"enabled": True, "createIssuer": {"enabled": True, "email": "ops@example.org"}},
+                },
+            },
+        },
+    }
     check_lint(report, values_sets)
     renderings: dict[str, list[dict[str, Any]]] = {}
     for label, files in values_sets.items():
@@ -938,14 +1243,19 @@ def main() -> int:
             report.ok(f"helm template ({label}): {len(renderings[f'helm {label}'])} objects")
         except Exception as e:  # noqa: BLE001
             report.fail(f"helm template ({label})", str(e))
-    try:
-        notes = render_notes([CHART / "values-kind.yaml"])
-        report.check(
-            "NOTES.txt renders and says how to reach the API",
-            [] if "port-forward" in notes else ["no port-forward hint"],
-        )
-    except Exception as e:  # noqa: BLE001
-        report.fail("NOTES.txt renders", str(e))
+    for label, files, needle in (
+        ("kind", [CHART / "values-kind.yaml"], "http://mutr.localhost/"),
+        ("gke", [CHART / "values-gke.yaml"], "https://mutr.example.com/"),
+        ("defaults", [], "kubectl krew install"),
+    ):
+        try:
+            notes = render_notes(files)
+            problems = [] if needle in notes else [f"no {needle!r}"]
+            if "kubectl krew install" not in notes:
+                problems.append("does not say how to get kubectl mutr")
+            report.check(f"NOTES.txt ({label}) renders, says where MUTR answers and how to get kubectl mutr", problems)
+        except Exception as e:  # noqa: BLE001
+            report.fail(f"NOTES.txt renders ({label})", str(e))
     check_values_schema(report)
 
     section("kustomize: build each overlay")
@@ -970,6 +1280,21 @@ def main() -> int:
 
     if renderings:
         check_rbac(report, renderings)
+
+    section("Ingress: the way in")
+    example = {
+        overlay: next(
+            d
+            for d in load_all((MANIFESTS / "examples" / f"mutrdeployment-{overlay}.yaml").read_text())
+            if d.get("kind") == "MutrDeployment"
+        )
+        for overlay in ("kind", "gke")
+    }
+    for label in ("helm kind", "helm gke", "helm nginx + cert-manager", "kustomize kind", "kustomize gke"):
+        if label in renderings:
+            # An overlay's Ingress goes with the example MutrDeployment of the same name.
+            md = example[label.split()[-1]] if label.startswith("kustomize") else None
+            check_ingress(report, label, renderings[label], md)
 
     section("examples: every example MutrDeployment validates against the CRD")
     examples = sorted((MANIFESTS / "examples").glob("*.yaml"))
@@ -1000,6 +1325,16 @@ def main() -> int:
                 report.ok(f"self-test: CRD validation rejects {what}")
             else:
                 report.fail(f"self-test: CRD validation rejects {what}", "it passed")
+
+    sources = {
+        f"manifests/examples/{f.name}": [d for d in load_all(f.read_text()) if d.get("kind") == "MutrDeployment"]
+        for f in examples
+    }
+    for label in ("helm kind", "helm gke", "helm nginx + cert-manager"):
+        if label in renderings:
+            sources[f"{label} MutrDeployment"] = [d for d in renderings[label] if d.get("kind") == "MutrDeployment"]
+    if crds:
+        check_operator_objects(report, args.operator, crds, sources)
 
     print(f"\ndeploy: {report.passed} passed, {len(report.failures)} failed")
     for f in report.failures:

@@ -14,8 +14,8 @@ use http::{Request, Response, StatusCode};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use mutr_operator::crd::MutrDeployment;
+use mutr_operator::k8s::{self, Context};
 use mutr_operator::metrics::Metrics;
-use mutr_operator::reconcile::{self, Context};
 use serde_json::{Value, json};
 
 /// Key of a stored object: (resource plural, namespace, name).
@@ -27,6 +27,8 @@ struct State {
     resource_version: u64,
     /// Requests seen, as "METHOD plural/name[/sub]".
     log: Vec<String>,
+    /// Requests seen as RBAC sees them: (API group, resource[/subresource], verb).
+    calls: std::collections::BTreeSet<(String, String, String)>,
     /// Field manager owning each top-level `spec` field: the one piece of server-side apply's field
     /// ownership modelled here, so that an apply without `force` that would take a field another
     /// manager set is refused with 409 Conflict (what Lease-based leader election relies on).
@@ -150,9 +152,9 @@ impl FakeApi {
         let body = req.into_body().collect_bytes().await.unwrap();
         let path: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
         // /api/v1/namespaces/ns/plural[/name[/sub]] or /apis/group/version/namespaces/ns/plural[/name[/sub]]
-        let rest = match path.first() {
-            Some(&"api") => &path[2..],
-            Some(&"apis") => &path[3..],
+        let (group, rest) = match path.first() {
+            Some(&"api") => ("", &path[2..]),
+            Some(&"apis") => (path.get(1).copied().unwrap_or_default(), &path[3..]),
             _ => return status(StatusCode::NOT_FOUND, "NotFound", "unknown path"),
         };
         if rest.len() < 3 || rest[0] != "namespaces" {
@@ -168,6 +170,24 @@ impl FakeApi {
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_owned(), decode(v)))
             .collect();
+        let verb = match (method.as_str(), name.is_some()) {
+            _ if query.get("watch").is_some_and(|w| w == "true" || w == "1") => "watch",
+            ("GET", true) => "get",
+            ("GET", false) => "list",
+            ("POST", _) => "create",
+            ("PATCH", _) => "patch",
+            ("DELETE", _) => "delete",
+            _ => "other",
+        };
+        let resource = match &sub {
+            Some(sub) => format!("{plural}/{sub}"),
+            None => plural.clone(),
+        };
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .insert((group.to_owned(), resource, verb.to_owned()));
         if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
             // No change notifications: a watch ends empty after a while, and the watcher opens the
             // next one; the controller learns of changes through its initial list and requeues.
@@ -284,6 +304,10 @@ impl FakeApi {
                 let mut obj = match (existing, apply, sub.as_deref()) {
                     (Some(o), _, _) => o,
                     (None, true, None) => {
+                        // A server-side apply that creates the object is authorized as a create too.
+                        state
+                            .calls
+                            .insert((group.to_owned(), key.0.clone(), "create".to_owned()));
                         let mut obj = patch.clone();
                         Self::stamp_new(&mut state, &mut obj, &ns, now);
                         state.objects.insert(key, obj.clone());
@@ -320,12 +344,25 @@ impl FakeApi {
                 state.objects.insert(key, obj.clone());
                 respond(StatusCode::OK, &obj)
             }
+            ("DELETE", Some(name)) => match state.objects.remove(&(plural, ns, name.clone())) {
+                Some(o) => respond(StatusCode::OK, &o),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{name} not found"),
+                ),
+            },
             _ => status(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",
                 "not supported by the fake",
             ),
         }
+    }
+
+    /// Every (API group, resource, verb) requested so far.
+    pub fn calls(&self) -> std::collections::BTreeSet<(String, String, String)> {
+        self.state.lock().unwrap().calls.clone()
     }
 
     fn stamp_new(state: &mut State, obj: &mut Value, ns: &str, now: Timestamp) {
@@ -492,7 +529,7 @@ impl FakeApi {
         ctx: &Arc<Context>,
         name: &str,
     ) -> kube::runtime::controller::Action {
-        reconcile::reconcile(Arc::new(self.md(name)), ctx.clone())
+        k8s::reconcile(Arc::new(self.md(name)), ctx.clone())
             .await
             .expect("reconcile succeeds")
     }

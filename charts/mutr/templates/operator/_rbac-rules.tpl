@@ -33,6 +33,24 @@ when this, manifests/base/rbac.yaml and that table differ.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# Optional objects per colour (server-side apply; deleted when turned off in the spec): disruption
+# budgets, the AI server's NetworkPolicy, the API's HorizontalPodAutoscaler, the AI server's KEDA
+# ScaledObject, ServiceMonitors.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["create", "patch", "delete"]
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["create", "patch", "delete"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["create", "patch", "delete"]
 {{- end -}}
 
 {{/* Leader election, in the operator's own namespace. */}}
