@@ -27,8 +27,10 @@ CREATE TABLE analysis_attempts (
     -- colour change, AI server down). LOST: the claim was gone when the worker came to store.
     -- RECOVERED: `mutr-api recover` returned it for its (gone) owner. NULL while running.
     outcome       TEXT CHECK (outcome IN ('COMPLETED', 'FAILED', 'RETURNED', 'LOST', 'RECOVERED')),
-    -- AI calls made under this claim.
+    -- AI calls made under this claim, and the milliseconds spent waiting for them (backoff
+    -- excluded): what the analysis itself cost, beside what the pipeline added.
     tries         INTEGER     NOT NULL DEFAULT 0,
+    ai_ms         DOUBLE PRECISION NOT NULL DEFAULT 0,
     error         TEXT,
     CHECK ((outcome IS NULL) = (finished_at IS NULL))
 );

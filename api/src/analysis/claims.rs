@@ -75,15 +75,24 @@ pub struct Analysis {
     pub mutation_filter: &'static str,
 }
 
+/// The AI calls made under one claim, recorded with its attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Calls {
+    /// How many.
+    pub tries: i32,
+    /// Milliseconds spent waiting for them, backoff excluded.
+    pub ai_ms: f64,
+}
+
 /// A claim to hand back: the node, its token and the AI calls made under it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Held {
     /// The node.
     pub node_id: i64,
     /// The claim's token.
     pub token: i64,
     /// AI calls made under the claim.
-    pub tries: i32,
+    pub calls: Calls,
 }
 
 fn lease_secs(lease: Duration) -> f64 {
@@ -268,7 +277,7 @@ pub async fn complete(
     db: impl PgExecutor<'_>,
     claim: &Claim,
     analysis: &Analysis,
-    tries: i32,
+    calls: Calls,
 ) -> Result<Option<Node>, sqlx::Error> {
     let row = sqlx::query_as!(
         NodeRow,
@@ -283,7 +292,7 @@ pub async fn complete(
         ),
         recorded AS (
             UPDATE analysis_attempts
-            SET finished_at = clock_timestamp(), tries = $8,
+            SET finished_at = clock_timestamp(), tries = $8, ai_ms = $9,
                 outcome = CASE WHEN EXISTS (SELECT 1 FROM done) THEN 'COMPLETED' ELSE 'LOST' END,
                 error = CASE WHEN EXISTS (SELECT 1 FROM done) THEN NULL
                              ELSE 'claim lost before the result was stored' END
@@ -301,7 +310,8 @@ pub async fn complete(
         analysis.confidence,
         analysis.mutation_score,
         analysis.mutation_filter,
-        tries,
+        calls.tries,
+        calls.ai_ms,
     )
     .fetch_optional(db)
     .await?;
@@ -314,7 +324,7 @@ pub async fn fail(
     db: impl PgExecutor<'_>,
     claim: &Claim,
     reason: &str,
-    tries: i32,
+    calls: Calls,
 ) -> Result<Option<Node>, sqlx::Error> {
     let row = sqlx::query_as!(
         NodeRow,
@@ -328,7 +338,7 @@ pub async fn fail(
         ),
         recorded AS (
             UPDATE analysis_attempts
-            SET finished_at = clock_timestamp(), tries = $4, error = $3,
+            SET finished_at = clock_timestamp(), tries = $4, ai_ms = $5, error = $3,
                 outcome = CASE WHEN EXISTS (SELECT 1 FROM done) THEN 'FAILED' ELSE 'LOST' END
             WHERE token = $2 AND finished_at IS NULL
         )
@@ -340,7 +350,8 @@ pub async fn fail(
         claim.node_id,
         claim.token,
         reason,
-        tries,
+        calls.tries,
+        calls.ai_ms,
     )
     .fetch_optional(db)
     .await?;
@@ -360,7 +371,8 @@ pub async fn give_back(
     }
     let ids: Vec<i64> = held.iter().map(|h| h.node_id).collect();
     let tokens: Vec<i64> = held.iter().map(|h| h.token).collect();
-    let tries: Vec<i32> = held.iter().map(|h| h.tries).collect();
+    let tries: Vec<i32> = held.iter().map(|h| h.calls.tries).collect();
+    let ai_ms: Vec<f64> = held.iter().map(|h| h.calls.ai_ms).collect();
     let returned = sqlx::query_scalar!(
         r#"WITH back AS (
             UPDATE nodes n
@@ -372,11 +384,11 @@ pub async fn give_back(
         ),
         recorded AS (
             UPDATE analysis_attempts a
-            SET finished_at = clock_timestamp(), tries = t.tries,
+            SET finished_at = clock_timestamp(), tries = t.tries, ai_ms = t.ai_ms,
                 outcome = CASE WHEN a.token IN (SELECT claim_token FROM back) THEN 'RETURNED'
                                ELSE 'LOST' END,
                 error = $4
-            FROM unnest($2::bigint[], $3::int[]) AS t(token, tries)
+            FROM unnest($2::bigint[], $3::int[], $5::float8[]) AS t(token, tries, ai_ms)
             WHERE a.token = t.token AND a.finished_at IS NULL
         )
         SELECT count(*) AS "count!" FROM back"#,
@@ -384,6 +396,7 @@ pub async fn give_back(
         &tokens,
         &tries,
         reason,
+        &ai_ms,
     )
     .fetch_one(db)
     .await?;
@@ -394,16 +407,17 @@ pub async fn give_back(
 pub async fn close_lost(
     db: impl PgExecutor<'_>,
     token: i64,
-    tries: i32,
+    calls: Calls,
     error: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE analysis_attempts SET finished_at = clock_timestamp(), outcome = 'LOST',
-             tries = $2, error = $3
+             tries = $2, ai_ms = $4, error = $3
          WHERE token = $1 AND finished_at IS NULL",
         token,
-        tries,
+        calls.tries,
         error,
+        calls.ai_ms,
     )
     .execute(db)
     .await?;
@@ -584,6 +598,13 @@ mod tests {
         (root, child)
     }
 
+    fn one() -> Calls {
+        Calls {
+            tries: 1,
+            ai_ms: 5.0,
+        }
+    }
+
     fn analysis() -> Analysis {
         Analysis {
             topic: "바다".to_owned(),
@@ -603,7 +624,7 @@ mod tests {
         assert_eq!((&claim.parent, claim.claims), (&None, 1));
         // Still PROCESSING: the child waits.
         assert_eq!(claim_one(&pool, child, &a, LEASE).await.unwrap(), None);
-        complete(&pool, &claim, &analysis(), 1)
+        complete(&pool, &claim, &analysis(), one())
             .await
             .unwrap()
             .unwrap();
@@ -648,25 +669,28 @@ mod tests {
         assert_ne!(first.token, second.token, "every claim gets a new token");
         assert_eq!(second.claims, 2);
         // The first worker comes back: its result is fenced off, its renewal finds nothing.
-        assert_eq!(complete(&pool, &first, &analysis(), 1).await.unwrap(), None);
+        assert_eq!(
+            complete(&pool, &first, &analysis(), one()).await.unwrap(),
+            None
+        );
         assert_eq!(
             renew(&pool, &[(root, first.token)], LEASE).await.unwrap(),
             Vec::<i64>::new()
         );
-        assert_eq!(fail(&pool, &first, "late", 1).await.unwrap(), None);
+        assert_eq!(fail(&pool, &first, "late", one()).await.unwrap(), None);
         assert_eq!(
             status_of(&pool, root).await.unwrap(),
             Some(AnalysisStatus::Processing)
         );
         // The second stores once; storing again is refused too.
         assert!(
-            complete(&pool, &second, &analysis(), 1)
+            complete(&pool, &second, &analysis(), one())
                 .await
                 .unwrap()
                 .is_some()
         );
         assert_eq!(
-            complete(&pool, &second, &analysis(), 1).await.unwrap(),
+            complete(&pool, &second, &analysis(), one()).await.unwrap(),
             None
         );
         let outcomes: Vec<(String, Option<String>, Option<String>)> =
@@ -755,7 +779,10 @@ mod tests {
         let held = Held {
             node_id: root,
             token: a.token,
-            tries: 2,
+            calls: Calls {
+                tries: 2,
+                ai_ms: 10.0,
+            },
         };
         assert_eq!(give_back(&pool, &[held], "drained").await.unwrap(), 1);
         assert_eq!(

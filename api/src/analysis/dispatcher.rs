@@ -15,7 +15,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -29,7 +29,7 @@ use tracing::Instrument as _;
 
 use super::{
     ai::{AiClient, AiHealth},
-    claims::{self, Claim, Held, Owner},
+    claims::{self, Calls, Claim, Held, Owner},
     coordinator::{Coordinator, Hold},
     policy::{self, Exhausted, Fault, RetryPolicy},
 };
@@ -54,6 +54,9 @@ pub struct Settings {
     pub max_claims: u32,
     /// Ordering steps (Redis and PostgreSQL look-ups) run at once.
     pub ordering_concurrency: usize,
+    /// Ready nodes a sweep claims beyond the free workers (queued here, leases renewed), so that
+    /// a recovery hands out work at once instead of one free worker at a time.
+    pub prefetch: usize,
 }
 
 /// A node to analyse.
@@ -82,7 +85,7 @@ enum Stop {
 
 struct Holding {
     token: i64,
-    tries: i32,
+    calls: Calls,
     cancel: CancellationToken,
     stop: Option<Stop>,
 }
@@ -90,6 +93,9 @@ struct Holding {
 /// What the dispatcher shares between its tasks.
 pub struct Dispatcher {
     pub(super) pool: PgPool,
+    /// A connection of its own for lease renewal, so that a busy pool cannot starve it and let
+    /// leases expire under work that is still being done.
+    renewals: PgPool,
     pub(super) coordinator: Coordinator,
     pub(super) ai: AiClient,
     pub(super) broadcaster: SharedBroadcaster,
@@ -109,6 +115,8 @@ pub struct Dispatcher {
     pub(super) wake: Arc<Notify>,
     /// Set when the last sweep found more ready work than it could take.
     pub(super) backlog: AtomicBool,
+    /// Claims taken ahead by sweeps and queued for a worker.
+    prefetched: AtomicUsize,
     /// Cancelled when the pod stops claiming for good (shutdown).
     pub(super) stopping: CancellationToken,
     /// Cancelled when work in flight must stop (drain timeout).
@@ -127,6 +135,8 @@ impl std::fmt::Debug for Dispatcher {
 pub struct Parts {
     /// PostgreSQL.
     pub pool: PgPool,
+    /// PostgreSQL for lease renewal only (one connection).
+    pub renewals: PgPool,
     /// Redis ordering.
     pub coordinator: Coordinator,
     /// The AI server.
@@ -151,6 +161,7 @@ impl Dispatcher {
         let workers = Arc::new(Semaphore::new(parts.settings.concurrency.max(1)));
         let dispatcher = Arc::new(Self {
             pool: parts.pool,
+            renewals: parts.renewals,
             coordinator: parts.coordinator,
             ai: parts.ai,
             broadcaster: parts.broadcaster,
@@ -163,6 +174,7 @@ impl Dispatcher {
             ai_news: parts.ai_health,
             wake: parts.wake,
             backlog: AtomicBool::new(false),
+            prefetched: AtomicUsize::new(0),
             stopping: CancellationToken::new(),
             abort: CancellationToken::new(),
         });
@@ -314,7 +326,7 @@ impl Dispatcher {
                         let held = Held {
                             node_id,
                             token: claim.token,
-                            tries: 0,
+                            calls: Calls::default(),
                         };
                         return self.give_back(&[held], "drained").await;
                     }
@@ -353,19 +365,19 @@ impl Dispatcher {
         let started = Instant::now();
         let outcome = self.run_claim(&claim, context, &cancel).await;
         metrics::gauge!("mutr_analysis_in_flight").decrement(1.0);
-        let (tries, stop) = self.unhold(node_id);
+        let (calls, stop) = self.unhold(node_id);
         let stored = match outcome {
             Outcome::Analysed(analysis) => {
                 let (claim, analysis) = (&claim, &analysis);
-                self.store(claim, tries, |db| async move {
-                    claims::complete(&db, claim, analysis, tries).await
+                self.store(claim, |db| async move {
+                    claims::complete(&db, claim, analysis, calls).await
                 })
                 .await
             }
             Outcome::Failed(reason) => {
                 let (claim, reason) = (&claim, reason.as_str());
-                self.store(claim, tries, |db| async move {
-                    claims::fail(&db, claim, reason, tries).await
+                self.store(claim, |db| async move {
+                    claims::fail(&db, claim, reason, calls).await
                 })
                 .await
             }
@@ -374,7 +386,7 @@ impl Dispatcher {
                     &[Held {
                         node_id,
                         token: claim.token,
-                        tries,
+                        calls,
                     }],
                     &reason,
                 )
@@ -388,7 +400,7 @@ impl Dispatcher {
                         let _ = claims::close_lost(
                             &self.pool,
                             claim.token,
-                            tries,
+                            calls,
                             "claim lost while analysing",
                         )
                         .await;
@@ -398,7 +410,7 @@ impl Dispatcher {
                             &[Held {
                                 node_id,
                                 token: claim.token,
-                                tries,
+                                calls,
                             }],
                             "drained",
                         )
@@ -429,19 +441,18 @@ impl Dispatcher {
             Err(e) => tracing::error!(node_id, error = %e, "node not serialisable for broadcast"),
         }
         self.release(node_id).await;
-        if self.backlog.swap(false, Ordering::Relaxed) {
+        // The last sweep left ready work behind: sweep again once the queue of claims taken ahead
+        // runs low.
+        if self.prefetched.load(Ordering::Relaxed) <= self.settings.prefetch / 2
+            && self.backlog.swap(false, Ordering::Relaxed)
+        {
             self.wake.notify_one();
         }
     }
 
     /// Stores the end of a claim, retrying while PostgreSQL is unreachable (an unknown outcome is
     /// safe to retry: the write is fenced, and a retry that finds its own earlier write takes it).
-    async fn store<F, Fut>(
-        &self,
-        claim: &Claim,
-        tries: i32,
-        write: F,
-    ) -> Option<crate::domain::node::Node>
+    async fn store<F, Fut>(&self, claim: &Claim, write: F) -> Option<crate::domain::node::Node>
     where
         F: Fn(PgPool) -> Fut,
         Fut: Future<Output = Result<Option<crate::domain::node::Node>, sqlx::Error>>,
@@ -467,7 +478,6 @@ impl Dispatcher {
                     metrics::counter!("mutr_analysis_lost_total").increment(1);
                     tracing::warn!(
                         node_id = claim.node_id,
-                        tries,
                         "claim lost before the result was stored"
                     );
                     return None;
@@ -508,6 +518,10 @@ impl Dispatcher {
         context: Option<LineageContext>,
         cancel: &CancellationToken,
     ) -> Outcome {
+        if cancel.is_cancelled() {
+            // Lost while it waited in the queue.
+            return Outcome::Stopped;
+        }
         let max_claims = self.settings.max_claims;
         if u32::try_from(claim.claims).unwrap_or(u32::MAX) > max_claims {
             return Outcome::Failed(format!(
@@ -531,12 +545,15 @@ impl Dispatcher {
         };
         let mut delays = self.settings.retry.delays();
         let status = loop {
-            self.count_try(claim.node_id);
             let call = self.ai.analyze(request.clone());
+            let sent = Instant::now();
             let answer = tokio::select! {
                 answer = call => answer,
                 () = cancel.cancelled() => return Outcome::Stopped,
             };
+            let took = sent.elapsed();
+            self.record_call(claim.node_id, took);
+            metrics::histogram!("mutr_analysis_ai_call_seconds").record(took.as_secs_f64());
             let status = match answer {
                 Ok(a) => {
                     return match policy::accept(
@@ -585,38 +602,97 @@ impl Dispatcher {
         }
     }
 
+    /// Registers a claim for renewal and drain; a claim already registered (taken ahead by a
+    /// sweep) keeps its entry, so a loss noticed while it was queued is not forgotten.
     fn hold(&self, claim: &Claim) -> CancellationToken {
-        let cancel = self.abort.child_token();
-        if let Ok(mut held) = self.held.lock() {
-            held.insert(
-                claim.node_id,
-                Holding {
-                    token: claim.token,
-                    tries: 0,
-                    cancel: cancel.clone(),
-                    stop: None,
-                },
-            );
+        let Ok(mut held) = self.held.lock() else {
+            return self.abort.child_token();
+        };
+        let entry = held.entry(claim.node_id).or_insert_with(|| Holding {
+            token: claim.token,
+            calls: Calls::default(),
+            cancel: self.abort.child_token(),
+            stop: None,
+        });
+        if entry.token != claim.token {
+            *entry = Holding {
+                token: claim.token,
+                calls: Calls::default(),
+                cancel: self.abort.child_token(),
+                stop: None,
+            };
         }
-        cancel
+        entry.cancel.clone()
     }
 
-    fn count_try(&self, node: i64) {
+    /// Claims free room for ahead of the workers now.
+    pub(super) fn prefetch_room(&self) -> usize {
+        self.settings
+            .prefetch
+            .saturating_sub(self.prefetched.load(Ordering::Relaxed))
+    }
+
+    /// Queues a claim taken ahead of a free worker; its lease is renewed while it waits.
+    pub(super) async fn prefetch(&self, claim: Claim) {
+        tracing::debug!(
+            node_id = claim.node_id,
+            token = claim.token,
+            "claim taken ahead"
+        );
+        self.hold(&claim);
+        let held = Held {
+            node_id: claim.node_id,
+            token: claim.token,
+            calls: Calls::default(),
+        };
+        self.prefetched.fetch_add(1, Ordering::Relaxed);
+        if self.ready.try_send(Job::Claimed(claim)).is_err() {
+            self.prefetched.fetch_sub(1, Ordering::Relaxed);
+            self.unhold(held.node_id);
+            self.give_back(&[held], "ready queue full").await;
+        } else {
+            metrics::gauge!("mutr_analysis_ready_queue").increment(1.0);
+        }
+    }
+
+    /// A queued job leaves the queue: a claim taken ahead is no longer waiting.
+    fn dequeued(&self, job: &Job) {
+        metrics::gauge!("mutr_analysis_ready_queue").decrement(1.0);
+        if matches!(job, Job::Claimed(_)) {
+            self.prefetched.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands back a queued claim this pod will not analyse.
+    async fn drop_claimed(&self, job: Job, reason: &str) {
+        if let Job::Claimed(c) = job {
+            let (calls, _) = self.unhold(c.node_id);
+            let held = Held {
+                node_id: c.node_id,
+                token: c.token,
+                calls,
+            };
+            self.give_back(&[held], reason).await;
+        }
+    }
+
+    fn record_call(&self, node: i64, took: Duration) {
         if let Ok(mut held) = self.held.lock()
             && let Some(h) = held.get_mut(&node)
         {
-            h.tries += 1;
+            h.calls.tries += 1;
+            h.calls.ai_ms += took.as_secs_f64() * 1000.0;
         }
     }
 
-    fn unhold(&self, node: i64) -> (i32, Option<Stop>) {
+    fn unhold(&self, node: i64) -> (Calls, Option<Stop>) {
         let removed = self.held.lock().ok().and_then(|mut h| h.remove(&node));
         let stop = if self.abort.is_cancelled() {
             Some(Stop::Drain)
         } else {
             removed.as_ref().and_then(|h| h.stop)
         };
-        (removed.map_or(0, |h| h.tries), stop)
+        (removed.map_or_else(Calls::default, |h| h.calls), stop)
     }
 
     /// Hands claims back to `PENDING` and wakes the pods that may claim.
@@ -644,8 +720,9 @@ impl Dispatcher {
         if held.is_empty() {
             return;
         }
-        match claims::renew(&self.pool, &held, self.settings.lease).await {
+        match claims::renew(&self.renewals, &held, self.settings.lease).await {
             Ok(kept) => {
+                tracing::debug!(held = held.len(), kept = kept.len(), "leases renewed");
                 if kept.len() == held.len() {
                     return;
                 }
@@ -687,7 +764,7 @@ impl Dispatcher {
                 .map(|(id, h)| Held {
                     node_id: id,
                     token: h.token,
-                    tries: h.tries,
+                    calls: h.calls,
                 })
                 .collect(),
             Err(_) => Vec::new(),
@@ -758,19 +835,8 @@ pub async fn run(dispatcher: Arc<Dispatcher>, mut jobs: mpsc::Receiver<Job>) {
             while !*dispatcher.claiming.borrow()
                 && let Ok(job) = jobs.try_recv()
             {
-                metrics::gauge!("mutr_analysis_ready_queue").decrement(1.0);
-                if let Job::Claimed(c) = job {
-                    dispatcher
-                        .give_back(
-                            &[Held {
-                                node_id: c.node_id,
-                                token: c.token,
-                                tries: 0,
-                            }],
-                            "not claiming",
-                        )
-                        .await;
-                }
+                dispatcher.dequeued(&job);
+                dispatcher.drop_claimed(job, "not claiming").await;
                 dropped += 1;
             }
             if dropped > 0 {
@@ -794,20 +860,13 @@ pub async fn run(dispatcher: Arc<Dispatcher>, mut jobs: mpsc::Receiver<Job>) {
             _ = claiming.changed() => continue,
             _ = health.changed() => continue,
         };
-        metrics::gauge!("mutr_analysis_ready_queue").decrement(1.0);
+        dispatcher.dequeued(&job);
         let slot = tokio::select! {
             slot = dispatcher.workers.clone().acquire_owned() => slot.ok(),
             () = dispatcher.stopping.cancelled() => None,
         };
         let Some(slot) = slot.filter(|_| dispatcher.may_claim()) else {
-            if let Job::Claimed(c) = job {
-                let held = Held {
-                    node_id: c.node_id,
-                    token: c.token,
-                    tries: 0,
-                };
-                dispatcher.give_back(&[held], "not claiming").await;
-            }
+            dispatcher.drop_claimed(job, "not claiming").await;
             continue;
         };
         tokio::spawn(dispatcher.clone().process(job, slot));

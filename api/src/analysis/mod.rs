@@ -100,6 +100,11 @@ pub struct AnalysisArgs {
     #[arg(long, env = "MUTR_ANALYSIS_SWEEP_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
     pub analysis_sweep_interval: Duration,
 
+    /// Ready nodes a sweep claims ahead of free workers (their leases are renewed while they wait
+    /// here), so a recovery hands out its work at once. Other replicas take what is left.
+    #[arg(long, env = "MUTR_ANALYSIS_PREFETCH", default_value_t = 256)]
+    pub analysis_prefetch: usize,
+
     /// Committed nodes waiting to be ordered, and ready nodes waiting for a worker; beyond it,
     /// nodes stay `PENDING` for the sweeper.
     #[arg(long, env = "MUTR_ANALYSIS_QUEUE", default_value_t = 10_000)]
@@ -262,11 +267,17 @@ impl Pipeline {
                 max: args.analysis_backoff_max,
             },
             max_claims: args.analysis_max_claims,
-            ordering_concurrency: 64,
+            ordering_concurrency: 16,
+            prefetch: args.analysis_prefetch.min(args.analysis_queue),
         };
+        let renewals = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(args.analysis_lease / 3)
+            .connect_lazy_with((*pool.connect_options()).clone());
         let (dispatcher, jobs) = Dispatcher::new(
             Parts {
                 pool: pool.clone(),
+                renewals,
                 coordinator: Coordinator::new(
                     redis,
                     args.analysis_redis_prefix.clone(),

@@ -3,7 +3,7 @@
 //! - **Sweeper**: every `MUTR_ANALYSIS_SWEEP_INTERVAL`, on a wake-up, and whenever workers free up
 //!   after a sweep that found more than it could take, the pod claims ready nodes nobody holds
 //!   (`PENDING`, or `PROCESSING` with an expired lease, whose parent ended), oldest first, as many
-//!   as it has free workers. Replicas sweep at once without taking the same node (`FOR UPDATE SKIP
+//!   as it has free workers plus `MUTR_ANALYSIS_PREFETCH` taken ahead (queued, leases renewed). Replicas sweep at once without taking the same node (`FOR UPDATE SKIP
 //!   LOCKED`), and with nothing to do a sweep reads only the partial index of unfinished nodes.
 //! - **Start-up** (and on becoming the active colour): once the AI server is `SERVING`, the nodes
 //!   that wait for an unfinished parent are parked in Redis behind it (so each is dispatched the
@@ -49,19 +49,21 @@ pub async fn park_waiting(dispatcher: &Dispatcher) -> Result<u64, sqlx::Error> {
     Ok(parked)
 }
 
-/// Claims as many ready nodes as there are free workers and starts them. Returns how many it
-/// claimed, and whether there may be more.
+/// Claims as many ready nodes as there are free workers (and starts them) plus the room left for
+/// claims taken ahead (and queues them). Returns how many it claimed, and whether there may be
+/// more.
 pub async fn sweep(dispatcher: &Arc<Dispatcher>) -> Result<(usize, bool), sqlx::Error> {
     if !dispatcher.may_claim() {
         return Ok((0, false));
     }
-    // Worker slots first, so that every node claimed has a worker waiting for it.
+    // Worker slots first, so that the nodes claimed first have a worker waiting for them; the
+    // rest (up to the prefetch room) wait in the ready queue with their leases renewed.
     let mut slots = Vec::new();
     while let Ok(slot) = dispatcher.workers.clone().try_acquire_owned() {
         slots.push(slot);
     }
-    let free = slots.len();
-    if free == 0 {
+    let limit = slots.len() + dispatcher.prefetch_room();
+    if limit == 0 {
         return Ok((0, true));
     }
     let started = std::time::Instant::now();
@@ -69,19 +71,25 @@ pub async fn sweep(dispatcher: &Arc<Dispatcher>) -> Result<(usize, bool), sqlx::
         &dispatcher.pool,
         &dispatcher.settings.owner,
         dispatcher.settings.lease,
-        i64::try_from(free).unwrap_or(i64::MAX),
+        i64::try_from(limit).unwrap_or(i64::MAX),
     )
     .await?;
     metrics::histogram!("mutr_analysis_sweep_seconds").record(started.elapsed().as_secs_f64());
     let claimed = found.len();
-    for (claim, slot) in found.into_iter().zip(slots) {
+    let mut found = found.into_iter();
+    // Slots first: `zip` takes from its first iterator before it learns the second has ended, and
+    // a claim taken from `found` without a slot would be dropped while still held.
+    for (slot, claim) in slots.into_iter().zip(found.by_ref()) {
         tokio::spawn(dispatcher.clone().process(Job::Claimed(claim), slot));
+    }
+    for claim in found {
+        dispatcher.prefetch(claim).await;
     }
     if claimed > 0 {
         metrics::counter!("mutr_analysis_recovered_total").increment(claimed as u64);
         tracing::info!(claimed, "sweeper claimed nodes nobody held");
     }
-    Ok((claimed, claimed == free))
+    Ok((claimed, claimed == limit))
 }
 
 /// Refreshes the gauges of nodes by status. The unfinished ones are cheap (their partial index);

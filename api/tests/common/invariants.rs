@@ -128,6 +128,23 @@ pub async fn check(pool: &PgPool) -> Ended {
     .fetch_one(pool)
     .await
     .expect("counts");
+    if failed > 0 {
+        let reasons: Vec<(i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, last_error FROM nodes WHERE analysis_status = 'FAILED' ORDER BY id LIMIT 10",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        eprintln!("failed nodes: {reasons:?}");
+        let attempts: Vec<(String, Option<String>, Option<String>, i32)> = sqlx::query_as(
+            "SELECT owner, outcome, error, tries FROM analysis_attempts WHERE node_id = $1 ORDER BY id",
+        )
+        .bind(reasons[0].0)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        eprintln!("attempts of node {}: {attempts:?}", reasons[0].0);
+    }
     Ended {
         nodes,
         completed,

@@ -87,46 +87,54 @@ pub struct AiServer {
 }
 
 impl AiServer {
-    /// Starts it with `extra` flags and waits until it answers `SERVING`.
+    /// Starts it with `extra` flags and waits until it answers `SERVING`. Free ports are picked
+    /// by binding and releasing them, so another test may take one first: a start that fails is
+    /// tried again on new ports.
     pub async fn start(extra: &[&str]) -> AiServer {
-        let port = free_port();
-        let metrics = free_port();
-        let mut args: Vec<String> = [
-            "serve",
-            "--port",
-            &port.to_string(),
-            "--host",
-            "127.0.0.1",
-            "--metrics-addr",
-            &format!("127.0.0.1:{metrics}"),
-            "--profile",
-            "tiny",
-            "--parallel",
-            "4",
-            "--n-ctx",
-            "512",
-            "--n-threads",
-            "1",
-            "--drain-timeout",
-            "2s",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        if let Some(dir) = model_dir() {
-            args.push("--model-dir".to_owned());
-            args.push(dir.display().to_string());
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let metrics = free_port();
+            let mut args: Vec<String> = [
+                "serve",
+                "--port",
+                &port.to_string(),
+                "--host",
+                "127.0.0.1",
+                "--metrics-addr",
+                &format!("127.0.0.1:{metrics}"),
+                "--profile",
+                "tiny",
+                "--parallel",
+                "4",
+                "--n-ctx",
+                "512",
+                "--n-threads",
+                "1",
+                "--drain-timeout",
+                "2s",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            if let Some(dir) = model_dir() {
+                args.push("--model-dir".to_owned());
+                args.push(dir.display().to_string());
+            }
+            args.extend(extra.iter().map(|s| (*s).to_owned()));
+            let (log, _) = log_file("ai");
+            let mut ai = AiServer {
+                port,
+                args,
+                child: None,
+                log,
+            };
+            match ai.spawn_and_wait().await {
+                Ok(()) => return ai,
+                Err(e) => last = e,
+            }
         }
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let (log, _) = log_file("ai");
-        let mut ai = AiServer {
-            port,
-            args,
-            child: None,
-            log,
-        };
-        ai.restart().await;
-        ai
+        panic!("mutr-ai-server did not start three times:\n{last}");
     }
 
     pub fn url(&self) -> String {
@@ -135,6 +143,12 @@ impl AiServer {
 
     /// Starts the process (again, on the same port) and waits until it is `SERVING`.
     pub async fn restart(&mut self) {
+        if let Err(e) = self.spawn_and_wait().await {
+            panic!("{e}");
+        }
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "AI server already running");
         let log = std::fs::OpenOptions::new()
             .append(true)
@@ -151,27 +165,27 @@ impl AiServer {
             .spawn()
             .expect("start mutr-ai-server");
         self.child = Some(child);
-        self.wait_serving().await;
-    }
-
-    /// Waits until the server answers `SERVING`.
-    pub async fn wait_serving(&mut self) {
         let client = AiClient::new(&self.url(), Duration::from_secs(5)).expect("client");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if client.health(Duration::from_secs(1)).await == AiHealth::Serving {
-                return;
+                return Ok(());
             }
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("mutr-ai-server exited ({status}):\n{}", tail(&self.log, 30));
+                self.child = None;
+                return Err(format!(
+                    "mutr-ai-server exited ({status}):\n{}",
+                    tail(&self.log, 30)
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "mutr-ai-server did not serve:\n{}",
-                tail(&self.log, 30)
-            );
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "mutr-ai-server did not serve:\n{}",
+                    tail(&self.log, 30)
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -232,23 +246,29 @@ pub struct ApiProcess {
 
 impl ApiProcess {
     /// Starts it with `env` (on top of a free `MUTR_HTTP_ADDR` and quiet logs) and waits until
-    /// `/readyz` answers 200.
+    /// `/readyz` answers 200; tried again on a new port when another test took the first.
     pub async fn start(env: &[(&str, &str)]) -> ApiProcess {
-        let port = free_port();
-        let (log, _) = log_file("api");
-        let mut env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        env.push(("MUTR_HTTP_ADDR".to_owned(), format!("127.0.0.1:{port}")));
-        let mut api = ApiProcess {
-            port,
-            env,
-            child: None,
-            log,
-        };
-        api.restart().await;
-        api
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let (log, _) = log_file("api");
+            let mut env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            env.push(("MUTR_HTTP_ADDR".to_owned(), format!("127.0.0.1:{port}")));
+            let mut api = ApiProcess {
+                port,
+                env,
+                child: None,
+                log,
+            };
+            match api.spawn_and_wait().await {
+                Ok(()) => return api,
+                Err(e) => last = e,
+            }
+        }
+        panic!("mutr-api did not start three times:\n{last}");
     }
 
     pub fn base(&self) -> String {
@@ -257,6 +277,12 @@ impl ApiProcess {
 
     /// Starts the process (again, on the same port) and waits until it is ready.
     pub async fn restart(&mut self) {
+        if let Err(e) = self.spawn_and_wait().await {
+            panic!("{e}");
+        }
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "mutr-api already running");
         let log = std::fs::OpenOptions::new()
             .append(true)
@@ -266,7 +292,10 @@ impl ApiProcess {
         let mut command = Command::new(binary("mutr-api"));
         command
             .arg("serve")
-            .env("RUST_LOG", "info,sqlx=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("MUTR_TEST_API_LOG").unwrap_or_else(|_| "info,sqlx=warn".to_owned()),
+            )
             .env("MUTR_SHUTDOWN_GRACE", "0s")
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -274,11 +303,6 @@ impl ApiProcess {
             command.env(k, v);
         }
         self.child = Some(command.spawn().expect("start mutr-api"));
-        self.wait_ready().await;
-    }
-
-    /// Waits until `/readyz` answers 200.
-    pub async fn wait_ready(&mut self) {
         let http = reqwest::Client::new();
         let url = format!("{}/readyz", self.base());
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -286,18 +310,23 @@ impl ApiProcess {
             if let Ok(r) = http.get(&url).send().await
                 && r.status() == reqwest::StatusCode::OK
             {
-                return;
+                return Ok(());
             }
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("mutr-api exited ({status}):\n{}", tail(&self.log, 40));
+                self.child = None;
+                return Err(format!(
+                    "mutr-api exited ({status}):\n{}",
+                    tail(&self.log, 40)
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "mutr-api did not become ready:\n{}",
-                tail(&self.log, 40)
-            );
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "mutr-api did not become ready:\n{}",
+                    tail(&self.log, 40)
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
