@@ -31,8 +31,8 @@ build: deps ## Build every crate (debug)
 	$(CARGO) build --workspace --all-targets
 
 .PHONY: run
-run: deps ## Start PostgreSQL/Redis if needed, migrate, start the AI server and the API, print the URL
-	@$(HACK)/with-services.sh $(HACK)/run.sh
+run: deps ## Start PostgreSQL/Redis if needed, migrate, start the AI server and the API, print the URL (PROFILE=small: Gemma 3 270M)
+	@PROFILE="$(PROFILE)" $(HACK)/with-services.sh $(HACK)/run.sh
 
 .PHONY: test
 test: deps ## Everything CI runs: lint, every test against real PostgreSQL, Redis and models, chart checks

@@ -32,7 +32,14 @@ trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [ -n "${MUTR_MODEL_DIR:-}" ]; then
+# PROFILE=small (make run PROFILE=small) serves Gemma 3 270M instead of the tiny story model:
+# fetched into the cache on first use (about 250 MB), with the files already in MUTR_MODEL_DIR
+# used as they are.
+if [ -n "${PROFILE:-}" ]; then
+    export MUTR_MODEL_PROFILE="$PROFILE"
+    log "models: profile $PROFILE (fetching what is missing into the cache)"
+    "$BIN/mutr-ai-server" fetch-model --profile "$PROFILE"
+elif [ -n "${MUTR_MODEL_DIR:-}" ]; then
     log "models: $MUTR_MODEL_DIR"
 else
     log "models: none local; fetching the tiny profile into the cache"

