@@ -4,28 +4,55 @@
 //! falls as more sequences share a decode. Prompt chunks (many tokens of one sequence) are shown
 //! for comparison.
 //!
-//! Models as for the throughput bench (`MUTR_GEN_MODEL`, else the tiny profile); `n_threads`
-//! sets llama.cpp's threads (default: the server's, half the cores); `n_gpu_layers` offloads
-//! layers on a `cuda` build.
+//! Models as for the throughput bench (`MUTR_GEN_MODEL`, else the tiny profile and the small one
+//! when fetched); `n_threads` sets llama.cpp's threads (default: what the server's layout gives
+//! one context for `--parallel 8`); `n_gpu_layers` offloads layers on a `cuda` build.
 
 mod common;
 
-use common::model_files;
-use mutr_ai_server::llm::LoadedModel;
 use mutr_ai_server::llm::probe::{Shape, decode_cost};
+use mutr_ai_server::llm::{GenSettings, LoadedModel, available_cores};
 use mutr_ai_server::models;
 
-const ITERATIONS: usize = 200;
+/// Decodes timed per shape: fewer for a model whose decodes are slow.
+fn iterations(model: &LoadedModel) -> usize {
+    if model.shape().weights_bound() {
+        20
+    } else {
+        200
+    }
+}
 
 fn main() {
-    let threads = common::threads();
-    let (path, _) = model_files();
-    let model = LoadedModel::load(
-        &path,
-        common::gpu_layers(),
-        models::fingerprint(&path).unwrap(),
-    )
-    .unwrap();
+    for pair in common::model_pairs() {
+        let model = LoadedModel::load(
+            &pair.generate,
+            common::gpu_layers(),
+            models::fingerprint(&pair.generate).unwrap(),
+        )
+        .unwrap();
+        let threads = common::threads().unwrap_or_else(|| {
+            let settings = GenSettings {
+                parallel: 8,
+                n_ctx: 1024,
+                n_batch: 512,
+                n_threads: None,
+                contexts: None,
+            };
+            settings.layout(available_cores(), model.shape()).threads
+        });
+        println!();
+        println!(
+            "profile {} (its embedding model {} is not used here)",
+            pair.name,
+            pair.embed.display()
+        );
+        print_costs(&model, threads);
+    }
+}
+
+fn print_costs(model: &LoadedModel, threads: i32) {
+    let iterations = iterations(model);
     let shape = |sequences, tokens| Shape { sequences, tokens };
     let shapes = [
         shape(1, 1),
@@ -39,7 +66,7 @@ fn main() {
     println!();
     println!(
         "generative model {}: one decode by batch shape, {threads} llama.cpp threads, \
-         {ITERATIONS} decodes each",
+         {iterations} decodes each",
         model.path().file_name().unwrap().to_string_lossy()
     );
     // 100 cells: llama.cpp attends over its minimum of 256. 300 cells (512 attended): the
@@ -47,7 +74,7 @@ fn main() {
     // instructions about 270 tokens long.
     for history in [100, 300] {
         let costs =
-            decode_cost(&model, &shapes, history, ITERATIONS, threads).expect("probe context");
+            decode_cost(model, &shapes, history, iterations, threads).expect("probe context");
         let per_token = |i: usize| {
             costs[i].as_secs_f64() * 1000.0 / (shapes[i].sequences * shapes[i].tokens) as f64
         };

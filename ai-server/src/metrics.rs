@@ -34,6 +34,20 @@ pub const GENERATED_TOKENS: &str = "mutr_ai_generated_tokens_total";
 pub const SEQUENCES_ENDED: &str = "mutr_ai_sequences_ended_total";
 /// Sequences started, by generative context (`context`, from 0; see `--gen-contexts`).
 pub const CONTEXT_SEQUENCES: &str = "mutr_ai_context_sequences_total";
+/// Tokens the generative sequences fed, by phase (`prompt`: prompt tokens after the shared
+/// start that was copied, not decoded; `step`: one per decode step of a sequence). Over requests:
+/// the work one request costs.
+pub const SEQUENCE_TOKENS: &str = "mutr_ai_sequence_tokens_total";
+/// Tokens of the shared start of each kind of prompt (`kind`: `topic`, `emotion`), decoded once
+/// per context and copied into each sequence of that kind.
+pub const SHARED_PROMPT_TOKENS: &str = "mutr_ai_shared_prompt_tokens";
+/// Throw-away tokens decoded to keep a decode step's shape (gaps between sequence ids, the
+/// neighbour of a lone sequence): work that serves no request.
+pub const FILLER_TOKENS: &str = "mutr_ai_filler_tokens_total";
+/// The generative layout (always 1): labels `contexts`, `threads_per_context`,
+/// `sequences_per_context` (the busiest context's), `embed_threads` and `chosen_by` (`auto` or
+/// `flags`).
+pub const LAYOUT: &str = "mutr_ai_layout_info";
 /// Result cache lookups that hit.
 pub const CACHE_HITS: &str = "mutr_ai_cache_hits_total";
 /// Result cache lookups that missed.
@@ -86,6 +100,31 @@ pub(crate) fn batch(worker: &'static str, phase: &'static str, sequences: usize,
 
 pub(crate) fn context_sequence(context: usize) {
     metrics::counter!(CONTEXT_SEQUENCES, "context" => context.to_string()).increment(1);
+}
+
+pub(crate) fn sequence_tokens(phase: &'static str, n: usize) {
+    metrics::counter!(SEQUENCE_TOKENS, "phase" => phase).increment(n as u64);
+}
+
+pub(crate) fn shared_prompt(kind: usize, tokens: usize) {
+    let kind = if kind == 0 { "topic" } else { "emotion" };
+    metrics::gauge!(SHARED_PROMPT_TOKENS, "kind" => kind).set(tokens as f64);
+}
+
+pub(crate) fn filler_tokens(n: usize) {
+    metrics::counter!(FILLER_TOKENS).increment(n as u64);
+}
+
+pub(crate) fn layout(layout: &crate::llm::Layout, embed_threads: i32) {
+    metrics::gauge!(
+        LAYOUT,
+        "contexts" => layout.contexts().to_string(),
+        "threads_per_context" => layout.threads.to_string(),
+        "sequences_per_context" => layout.most_sequences().to_string(),
+        "embed_threads" => embed_threads.to_string(),
+        "chosen_by" => layout.chosen_by,
+    )
+    .set(1.0);
 }
 
 pub(crate) fn generated_tokens(n: u64) {

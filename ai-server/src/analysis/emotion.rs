@@ -69,13 +69,23 @@ pub fn softmax(logits: &[f64]) -> Vec<f64> {
 
 /// Log-probability of `token` under `logits` (a log-softmax over the vocabulary), computed in f64.
 pub fn log_prob(logits: &[f32], token: usize) -> f64 {
+    match logits.get(token) {
+        Some(l) => f64::from(*l) - log_norm(logits),
+        None => f64::NEG_INFINITY,
+    }
+}
+
+/// The log-softmax normaliser of `logits`, `ln(sum(exp(l)))`, in f64: a token's log-probability
+/// is its logit minus this. Positive infinity (so every log-probability is impossible) when no
+/// logit is finite.
+pub fn log_norm(logits: &[f32]) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() || token >= logits.len() {
-        return f64::NEG_INFINITY;
+    if !max.is_finite() {
+        return f64::INFINITY;
     }
     let max = f64::from(max);
     let sum: f64 = logits.iter().map(|l| (f64::from(*l) - max).exp()).sum();
-    f64::from(logits[token]) - max - sum.ln()
+    max + sum.ln()
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::analysis::prompt::Prompt;
 use crate::engine::{EngineError, Models};
 
 pub use embedder::EmbedSettings;
-pub use generator::GenSettings;
+pub use generator::{GenSettings, Layout, ModelShape, available_cores, embed_threads};
 
 /// Errors loading the models or starting their workers.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +157,11 @@ impl LoadedModel {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// What decides the generative layout in this model.
+    pub fn shape(&self) -> ModelShape {
+        generator::model_shape(&self.model)
+    }
 }
 
 /// The generative and the embedding model, each behind its worker threads.
@@ -165,6 +170,7 @@ pub struct LlamaEngine {
     generator: crossbeam_channel::Sender<generator::GenJob>,
     embedder: mpsc::UnboundedSender<embedder::EmbedJob>,
     identity: String,
+    layout: Layout,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -186,15 +192,30 @@ impl LlamaEngine {
         embed: EmbedSettings,
     ) -> Result<Self, LoadError> {
         let backend = backend()?;
+        let cores = available_cores();
+        let shape = gen_model.shape();
+        let layout = gen_settings.layout(cores, shape);
+        tracing::info!(
+            cores,
+            weights_per_attention = format!("{:.1}", shape.weights_per_attention()),
+            contexts = layout.contexts(),
+            threads_per_context = layout.threads,
+            sequences = ?layout.sequences,
+            embed_threads = embed.n_threads,
+            chosen_by = layout.chosen_by,
+            "generative layout"
+        );
+        crate::metrics::layout(&layout, embed.n_threads);
         let identity = format!(
             "gen={};embed={};{};{};prompt=v{}",
             gen_model.identity,
             embed_model.identity,
-            gen_settings.cache_identity(),
+            gen_settings.cache_identity(&layout),
             embed.cache_identity(),
             crate::analysis::prompt::PROMPT_VERSION
         );
-        let (gen_tx, mut threads) = generator::spawn(backend, gen_model.model, gen_settings)?;
+        let (gen_tx, mut threads) =
+            generator::spawn(backend, gen_model.model, &gen_settings, &layout)?;
         let (embed_tx, embed_thread) = match embedder::spawn(backend, embed_model.model, embed) {
             Ok(started) => started,
             Err(e) => {
@@ -207,8 +228,14 @@ impl LlamaEngine {
             generator: gen_tx,
             embedder: embed_tx,
             identity,
+            layout,
             threads: std::sync::Mutex::new(threads),
         })
+    }
+
+    /// Where the generative sequences run.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// Whether every worker thread is still running (a panicked worker would leave requests

@@ -111,8 +111,8 @@ pub fn config(o: &Opts, models: ModelSource) -> ServerConfig {
             parallel: o.parallel,
             n_ctx: o.n_ctx,
             n_batch: o.n_batch,
-            n_threads: o.gen_contexts as i32,
-            contexts: o.gen_contexts,
+            n_threads: Some(o.gen_contexts as i32),
+            contexts: Some(o.gen_contexts),
         },
         embed: EmbedSettings {
             parallel: o.parallel.next_power_of_two(),
