@@ -5,7 +5,7 @@
 use super::emotion::LABELS;
 
 /// Bumped whenever a prompt changes, so cached results of the old prompts are not served.
-pub const PROMPT_VERSION: u32 = 1;
+pub const PROMPT_VERSION: u32 = 2;
 
 /// A prompt as chat messages, plus the cue that ends the plain-text rendering.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,17 +73,18 @@ fn flow<'a>(content: &'a str, full_context: &'a str) -> &'a str {
 /// The title prompt: the baseline topic and the recent flow, asking for a short Korean noun
 /// phrase on one line.
 pub fn topic(content: &str, baseline_topic: &str, full_context: &str) -> Prompt {
+    // No line for a missing baseline: small base models copied a "(none)" placeholder as the title.
     let baseline = baseline_topic.trim();
     let baseline_line = if baseline.is_empty() {
-        "이전 주제: (없음)".to_owned()
+        String::new()
     } else {
-        format!("이전 주제: {baseline}")
+        format!("이전 주제: {baseline}\n")
     };
     let shared_user = "아래 흐름의 지금 주제를 20자 안팎의 한국어 명사구 제목 하나로 쓰세요. 번호, 따옴표, 설명 없이 제목만 쓰세요.\n\n";
     Prompt {
         system: "당신은 글의 흐름을 읽고 짧은 제목을 붙이는 편집자입니다. 제목만 한 줄로 답합니다."
             .to_owned(),
-        user: format!("{shared_user}{baseline_line}\n최근 흐름:\n{{flow}}"),
+        user: format!("{shared_user}{baseline_line}최근 흐름:\n{{flow}}"),
         shared_user: shared_user.to_owned(),
         flow: flow(content, full_context).to_owned(),
         answer_cue: "제목:".to_owned(),
@@ -125,7 +126,7 @@ mod tests {
 
         let p = topic(" 내용 ", "", "  ");
         assert_eq!(p.flow, "내용");
-        assert!(p.render_user(&p.flow).contains("이전 주제: (없음)"));
+        assert!(!p.render_user(&p.flow).contains("이전 주제"));
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::vocab::VocabType;
 
 use crate::analysis::prompt::Prompt;
 use crate::engine::EngineError;
@@ -13,8 +12,9 @@ use crate::engine::EngineError;
 pub(crate) struct PromptBuilder<'m> {
     model: &'m LlamaModel,
     pub(crate) template: Option<LlamaChatTemplate>,
-    /// Candidates follow a space in a plain prompt (`감정: joy`); SentencePiece adds it itself.
-    candidate_space: bool,
+    /// A plain prompt ends in a cue (`감정:`) that the answer follows after a space; a chat
+    /// template starts the answer on its own turn, with no space.
+    plain: bool,
 }
 
 impl<'m> PromptBuilder<'m> {
@@ -29,12 +29,11 @@ impl<'m> PromptBuilder<'m> {
                 Err(_) => false,
             }
         });
-        let spm = matches!(model.vocab().vocab_type(), VocabType::SPM);
-        let candidate_space = template.is_none() && !spm;
+        let plain = template.is_none();
         Self {
             model,
             template,
-            candidate_space,
+            plain,
         }
     }
 
@@ -112,12 +111,25 @@ impl<'m> PromptBuilder<'m> {
         )))
     }
 
+    /// The tokens of an answer `label` as the continuation of a prompt. After a plain prompt's
+    /// cue the answer follows a space: a tokenizer that writes one itself (SentencePiece with a
+    /// space prefix, as stories260K's) gets the bare label, any other (Gemma's, which adds no
+    /// prefix; byte-level BPE) gets the space written. Gemma then has every label as one token
+    /// (` joy`), so scoring needs no decode beyond the prompt; without the space several labels
+    /// were three tokens.
     pub(crate) fn candidate(&self, label: &str) -> Vec<LlamaToken> {
-        let text = if self.candidate_space {
-            format!(" {label}")
+        let vocab = self.model.vocab();
+        let bare = vocab.tokenize(label.as_bytes(), false, false);
+        if !self.plain {
+            return bare;
+        }
+        let spaced = bare
+            .first()
+            .is_some_and(|t| vocab.token_to_piece(*t, false, None).first() == Some(&b' '));
+        if spaced {
+            bare
         } else {
-            label.to_owned()
-        };
-        self.model.vocab().tokenize(text.as_bytes(), false, false)
+            vocab.tokenize(format!(" {label}").as_bytes(), false, false)
+        }
     }
 }
