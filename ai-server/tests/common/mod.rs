@@ -34,15 +34,25 @@ pub fn model_files() -> (PathBuf, PathBuf) {
     (r.generate, r.embed)
 }
 
+/// Layers offloaded to the GPU: `n_gpu_layers` as the server reads it (a `cuda` build on a GPU
+/// machine, `hack/gpu/device-bench.sh`), else none.
+pub fn gpu_layers() -> u32 {
+    std::env::var("n_gpu_layers")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The tiny models, loaded once per process.
 pub fn loaded_models() -> (LoadedModel, LoadedModel) {
     static MODELS: OnceLock<(LoadedModel, LoadedModel)> = OnceLock::new();
     MODELS
         .get_or_init(|| {
             let (g, e) = model_files();
-            let g = LoadedModel::load(&g, 0, models::fingerprint(&g).unwrap())
+            let layers = gpu_layers();
+            let g = LoadedModel::load(&g, layers, models::fingerprint(&g).unwrap())
                 .expect("load the generative model");
-            let e = LoadedModel::load(&e, 0, models::fingerprint(&e).unwrap())
+            let e = LoadedModel::load(&e, layers, models::fingerprint(&e).unwrap())
                 .expect("load the embedding model");
             (g, e)
         })
