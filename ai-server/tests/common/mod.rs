@@ -18,9 +18,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-/// The folder with the test models: `MUTR_MODEL_DIR`, else the shared folder next to the
-/// repository, else the download cache.
+/// The test models: the tiny profile (`MUTR_TEST_PROFILE` picks another, say `small` to run
+/// the determinism test on Gemma by hand), from `MUTR_MODEL_DIR`, else the shared folder next
+/// to the repository, else the download cache.
 pub fn model_files() -> (PathBuf, PathBuf) {
+    let profile = std::env::var("MUTR_TEST_PROFILE").unwrap_or_else(|_| "tiny".into());
     let manifest = Manifest::builtin();
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os("MUTR_MODEL_DIR").filter(|d| !d.is_empty()) {
@@ -28,8 +30,8 @@ pub fn model_files() -> (PathBuf, PathBuf) {
     }
     dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
     dirs.push(models::default_cache_dir());
-    let r = models::resolve(&manifest, Some("tiny"), None, None, &dirs).unwrap_or_else(|e| {
-        panic!("{e}\n(the tests need the tiny models: set MUTR_MODEL_DIR or run `mutr-ai-server fetch-model --profile tiny`)")
+    let r = models::resolve(&manifest, Some(&profile), None, None, &dirs).unwrap_or_else(|e| {
+        panic!("{e}\n(the tests need the {profile} models: set MUTR_MODEL_DIR or run `mutr-ai-server fetch-model --profile {profile}`)")
     });
     (r.generate, r.embed)
 }

@@ -119,11 +119,11 @@ impl GenSettings {
     ///   sequences, so batching pays), else one per core the generative model gets (attention
     ///   is paid per sequence; a context per core runs them side by side); never more than
     ///   `parallel`, so `--parallel 1` stays one sequence at a time;
-    /// - threads: the generative model gets every core but the embedding worker's share
-    ///   ([`embed_threads`]), at least one; they are divided among the contexts.
+    /// - threads: a weights-bound model's one context gets every core (the embedding worker's
+    ///   decodes are short and few next to a prompt's); a small model's contexts get one each
+    ///   (llama.cpp's barriers cost more than splitting its small products saves).
     pub fn layout(&self, cores: usize, model: ModelShape) -> Layout {
         let cores = i32::try_from(cores.max(1)).unwrap_or(i32::MAX);
-        let gen_cores = (cores - embed_threads(cores as usize)).max(1);
         let parallel = self.parallel.max(1);
         let contexts = self
             .contexts
@@ -138,9 +138,7 @@ impl GenSettings {
         let k = i32::try_from(contexts).unwrap_or(1);
         let threads = match self.n_threads.filter(|n| *n > 0) {
             Some(n) => (n / k).max(1),
-            None if model.weights_bound() => (gen_cores / k).max(1),
-            // Small models: one thread per context (llama.cpp's barriers cost more than the
-            // split saves; ai-server/README.md).
+            None if model.weights_bound() => (cores / k).max(1),
             None => 1,
         };
         let sequences = (0..contexts)
@@ -229,11 +227,13 @@ mod tests {
             (l.sequences.clone(), l.threads, l.chosen_by),
             (vec![4, 4], 1, "auto")
         );
-        // Gemma, 2 cores: one context with every sequence and the cores the embedder leaves.
+        // Gemma, 2 cores: one context with every sequence and every core.
         let l = settings(8, None, None).layout(2, GEMMA);
-        assert_eq!((l.sequences.clone(), l.threads), (vec![8], 1));
+        assert_eq!((l.sequences.clone(), l.threads), (vec![8], 2));
         let l = settings(8, None, None).layout(16, GEMMA);
-        assert_eq!((l.sequences.clone(), l.threads), (vec![8], 12));
+        assert_eq!((l.sequences.clone(), l.threads), (vec![8], 16));
+        let l = settings(1, None, None).layout(2, GEMMA);
+        assert_eq!((l.sequences.clone(), l.threads), (vec![1], 2));
         // --parallel 1 stays one sequence at a time.
         let l = settings(1, None, None).layout(2, TINY);
         assert_eq!(l.sequences, vec![1]);
