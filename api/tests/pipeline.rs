@@ -283,11 +283,13 @@ async fn claims_pause_while_the_ai_server_is_down(pool: PgPool) {
             .await
             .unwrap()
     };
-    // Either the claim raced the health check and was handed back, or no claim was taken.
+    // The node's two ways in (the hand-off and the sweep) may each be past their health check
+    // when the outage is first seen, so up to two claims are handed back at once; after that none
+    // is taken. A pipeline that kept claiming would take one per 200 ms sweep (about ten here).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let while_down = attempts(s.pool.clone()).await;
     assert!(
-        while_down <= 1,
+        while_down <= 2,
         "{while_down} claims while the AI server was down"
     );
     let (status, _, _, _) = node_row(&s.pool, id).await;

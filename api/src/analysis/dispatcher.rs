@@ -313,6 +313,11 @@ impl Dispatcher {
         let claim = match job {
             Job::Claimed(claim) => claim,
             Job::Ready { node_id, context } => {
+                // The AI server may have gone down, or the colour become inactive, while the job
+                // waited for its slot: a claim now would only be handed back.
+                if !self.may_claim() {
+                    return;
+                }
                 match claims::claim_one(
                     &self.pool,
                     node_id,
