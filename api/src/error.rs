@@ -69,8 +69,9 @@ pub enum ApiError {
     /// The server is shutting down or a dependency is unavailable.
     #[error("{0}")]
     Unavailable(String),
-    /// A database failure; details are logged, never sent.
-    #[error("internal error")]
+    /// A database failure; details are logged, never sent. Answered 503 when PostgreSQL cannot
+    /// be reached (the request may be retried), 500 otherwise.
+    #[error("{}", if database_unavailable(.0) { "database unavailable" } else { "internal error" })]
     Database(#[from] sqlx::Error),
     /// Any other failure; details are logged, never sent.
     #[error("internal error")]
@@ -89,8 +90,27 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(e) if database_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+/// Whether `e` says PostgreSQL cannot be reached now (no connection within the acquire timeout,
+/// a broken connection, a server shutting down or starting), rather than that the request or the
+/// data is wrong.
+pub fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exception; 57P: operator intervention (shutdown, starting up).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
     }
 }
 
@@ -143,6 +163,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
+            Self::Database(e) if database_unavailable(e) => {
+                tracing::warn!(error = %e, "database unavailable");
+            }
             Self::Database(e) => tracing::error!(error = %e, "database error"),
             Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
             _ => {}

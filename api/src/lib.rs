@@ -127,15 +127,18 @@ pub async fn serve(
         pool.clone(),
         redis.clone(),
     )?);
+    let write_limiter = Arc::new(WriteLimiter::shared(
+        args.limits.write_rate_per_sec,
+        args.limits.write_burst,
+        redis.clone(),
+        &args.limits.write_limit_redis,
+    ));
     let state = AppState {
         db: pool,
         redis,
         jwt,
         limits: Arc::new(args.limits.clone()),
-        write_limiter: Arc::new(WriteLimiter::new(
-            args.limits.write_rate_per_sec,
-            args.limits.write_burst,
-        )),
+        write_limiter,
         node_writer,
         guest_cache: GuestCache::new(&args.guest_cache),
         ai_health: pipeline.ai_health(),

@@ -102,6 +102,9 @@ pub enum WriteError {
     /// The writer stopped.
     #[error("node writer stopped")]
     Stopped,
+    /// PostgreSQL could not be reached for the batch this node was in.
+    #[error("database unavailable")]
+    Unavailable,
 }
 
 struct Job {
@@ -219,6 +222,12 @@ async fn store(pool: &PgPool, sinks: &Sinks, batch: Vec<Job>) {
         Err(e) if batch.len() == 1 => {
             let job = batch.into_iter().next().expect("one job");
             finish(sinks, job, Err(WriteError::Database(e))).await;
+        }
+        Err(e) if crate::error::database_unavailable(&e) => {
+            tracing::warn!(error = %e, rows = batch.len(), "node batch failed: database unavailable");
+            for job in batch {
+                finish(sinks, job, Err(WriteError::Unavailable)).await;
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, rows = batch.len(), "node batch failed; its outcome is unknown");

@@ -55,6 +55,10 @@ pub struct Limits {
     /// Longest time one HTTP request may take before it is answered with 503.
     #[arg(long, env = "MUTR_REQUEST_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
     pub request_timeout: Duration,
+
+    /// Where the write budget every replica shares lives.
+    #[command(flatten)]
+    pub write_limit_redis: rate_limit::SharedLimitArgs,
 }
 
 impl Default for Limits {
@@ -66,6 +70,7 @@ impl Default for Limits {
             write_rate_per_sec: 2,
             write_burst: 10,
             request_timeout: Duration::from_secs(30),
+            write_limit_redis: rate_limit::SharedLimitArgs::default(),
         }
     }
 }

@@ -87,7 +87,7 @@ pub async fn create(
     }: Author,
     ApiJson(body): ApiJson<CreateNode>,
 ) -> Result<ApiOk<Node>, ApiError> {
-    state.write_limiter.check(user.id)?;
+    state.write_limiter.check(user.id).await?;
     body.validate()?;
 
     let offset = match body.parent_id {
@@ -116,6 +116,9 @@ pub async fn create(
         }
         Err(WriteError::Database(e)) => Err(ApiError::Database(e)),
         Err(WriteError::Stopped) => Err(ApiError::Unavailable("shutting down".to_owned())),
+        Err(WriteError::Unavailable) => {
+            Err(ApiError::Unavailable("database unavailable".to_owned()))
+        }
         Err(e @ WriteError::Batch) => Err(ApiError::Internal(e.into())),
     }
 }

@@ -45,11 +45,7 @@ pub fn redis_url() -> String {
 
 /// A port nothing listens on (bound, then released).
 pub fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("address")
-        .port()
+    services::free_port()
 }
 
 /// A name no other test uses, for Redis channels and key prefixes on the shared Redis.
@@ -65,6 +61,8 @@ pub fn serve_args(pool: &PgPool, extra: &[&str]) -> ServeArgs {
     let redis = redis_url();
     let channel = unique("events");
     let prefix = unique("analysis");
+    // User ids restart at 1 in every test database: each test gets write budgets of its own.
+    let rate_limit = format!("{}:", unique("ratelimit"));
     let ai = format!("http://127.0.0.1:{}", closed_port());
     let mut argv = vec![
         "mutr-api",
@@ -81,6 +79,8 @@ pub fn serve_args(pool: &PgPool, extra: &[&str]) -> ServeArgs {
         &channel,
         "--analysis-redis-prefix",
         &prefix,
+        "--rate-limit-redis-prefix",
+        &rate_limit,
         "--ai-url",
         &ai,
         "--pod-name",

@@ -9,12 +9,36 @@ use std::{
 
 use mutr_api::analysis::ai::{AiClient, AiHealth};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("address")
-        .port()
+use super::services::free_port;
+
+/// Waits until `up` says the process in `child` is up, for at most a minute; an error with the
+/// tail of `log` when it exits first or the minute passes (the child is then forgotten).
+async fn wait_up<F, Fut>(
+    child: &mut Option<Child>,
+    log: &Path,
+    what: &str,
+    mut up: F,
+) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if up().await {
+            return Ok(());
+        }
+        if let Some(c) = child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            *child = None;
+            return Err(format!("{what} exited ({status}):\n{}", tail(log, 40)));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what} did not come up:\n{}", tail(log, 40)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The path of a binary of this workspace, next to `mutr-api`'s; built when missing (a plain
@@ -166,28 +190,10 @@ impl AiServer {
             .expect("start mutr-ai-server");
         self.child = Some(child);
         let client = AiClient::new(&self.url(), Duration::from_secs(5)).expect("client");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if client.health(Duration::from_secs(1)).await == AiHealth::Serving {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(format!(
-                    "mutr-ai-server exited ({status}):\n{}",
-                    tail(&self.log, 30)
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "mutr-ai-server did not serve:\n{}",
-                    tail(&self.log, 30)
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_up(&mut self.child, &self.log, "mutr-ai-server", || async {
+            client.health(Duration::from_secs(1)).await == AiHealth::Serving
+        })
+        .await
     }
 
     /// Kills the process (`SIGKILL`) and waits for it.
@@ -305,30 +311,13 @@ impl ApiProcess {
         self.child = Some(command.spawn().expect("start mutr-api"));
         let http = reqwest::Client::new();
         let url = format!("{}/readyz", self.base());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = http.get(&url).send().await
-                && r.status() == reqwest::StatusCode::OK
-            {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(format!(
-                    "mutr-api exited ({status}):\n{}",
-                    tail(&self.log, 40)
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "mutr-api did not become ready:\n{}",
-                    tail(&self.log, 40)
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_up(&mut self.child, &self.log, "mutr-api", || async {
+            http.get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+        })
+        .await
     }
 
     /// Kills the process (`SIGKILL`), as a crashed pod.

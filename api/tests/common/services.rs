@@ -7,7 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-fn free_port() -> u16 {
+/// A port that was free a moment ago (bound, then released).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("free port")
         .local_addr()
