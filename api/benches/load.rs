@@ -1,6 +1,9 @@
 //! Load bench of the API against a running server on loopback (started by hack/benches/api.sh):
-//! the two scenarios of the old k6 tests (write-heavy: 100 users posting nodes; mixed: 200 users,
-//! one write to four `/viz` reads), then `/viz` on a galaxy grown to 1,000,000 nodes. Prints
+//! first the seed's k6 scenarios replayed with a think time of one second per virtual user (mixed
+//! 80% reads at 200 users, read-heavy at 300, write-heavy at 50 and 100, a spike from 20 to 200),
+//! each beside the old system's figures; then closed-loop saturation (write-heavy: 100 users
+//! posting nodes; mixed: 200 users, one write to four `/viz` reads), then `/viz` on a galaxy grown
+//! to 1,000,000 nodes. Prints
 //! requests/s, p50/p95/p99 and errors, and a table against the baselines measured in the same run
 //! (pgbench single-row inserts with the same client count, passed in by the script) and the
 //! targets of issue 5.
@@ -53,6 +56,15 @@ struct Args {
     /// pgbench's average latency in ms, same run.
     #[arg(long)]
     pgbench_latency_ms: Option<f64>,
+    /// Length of each seed scenario (think time per user, as the old k6 runs).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    seed_duration: Duration,
+    /// Think time of each virtual user in the seed scenarios.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    think: Duration,
+    /// Skip the seed scenarios (closed-loop saturation figures only).
+    #[arg(long)]
+    no_seed: bool,
     /// Passed by `cargo bench` to every bench binary; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -187,29 +199,73 @@ fn node_body(rng: &mut StdRng, own: &[i64]) -> Value {
     }
 }
 
-/// Runs `users` closed-loop users for `duration`; `writes_every` = 1 means every request is a
-/// write, 5 means one write then four `/viz` reads. Returns (writes, reads, elapsed).
+/// How users behave in one scenario.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// 1: every request is a write; 5: one write, then four `/viz` reads; 0: reads only.
+    writes_every: u64,
+    /// Pause after each answer (0 for a closed loop that saturates the server).
+    think: Duration,
+}
+
+/// When one user is active, as offsets from the start of the scenario.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    from: Duration,
+    until: Duration,
+}
+
+/// Runs users for `duration`, every one of `tokens` active over the whole scenario. Returns
+/// (writes, reads, elapsed).
 async fn scenario(
     client: &Client,
     tokens: &[String],
     duration: Duration,
     writes_every: u64,
 ) -> (Samples, Samples, Duration) {
-    let stop = Arc::new(AtomicBool::new(false));
+    let shape = Shape {
+        writes_every,
+        think: Duration::ZERO,
+    };
+    let windows = vec![
+        Window {
+            from: Duration::ZERO,
+            until: duration,
+        };
+        tokens.len()
+    ];
+    scenario_in_windows(client, tokens, &windows, shape).await
+}
+
+/// Runs one user per token over its window (users start and stop on their own clock, which is how
+/// a spike is shaped). Returns (writes, reads, elapsed).
+async fn scenario_in_windows(
+    client: &Client,
+    tokens: &[String],
+    windows: &[Window],
+    shape: Shape,
+) -> (Samples, Samples, Duration) {
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (i, token) in tokens.iter().enumerate() {
+    for (i, (token, window)) in tokens.iter().zip(windows).enumerate() {
         let client = client.clone();
         let token = token.clone();
-        let stop = stop.clone();
+        let window = *window;
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(i as u64);
             let (mut writes, mut reads) = (Samples::default(), Samples::default());
             let mut own: Vec<i64> = Vec::new();
             let mut n: u64 = i as u64; // stagger the write/read cycle across users
-            while !stop.load(Ordering::Relaxed) {
+            // Users with a think time start spread over their first second, as k6's do.
+            let jitter = if shape.think.is_zero() {
+                Duration::ZERO
+            } else {
+                shape.think.mul_f64(rng.random_range(0.0..1.0))
+            };
+            tokio::time::sleep_until((started + window.from + jitter).into()).await;
+            while started.elapsed() < window.until {
                 let t = Instant::now();
-                if n.is_multiple_of(writes_every) {
+                if shape.writes_every > 0 && n.is_multiple_of(shape.writes_every) {
                     let body = node_body(&mut rng, &own);
                     match client.post(&token, &body).await {
                         Some(id) => {
@@ -233,12 +289,13 @@ async fn scenario(
                     }
                 }
                 n += 1;
+                if !shape.think.is_zero() {
+                    tokio::time::sleep(shape.think).await;
+                }
             }
             (writes, reads)
         }));
     }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
     let (mut writes, mut reads) = (Samples::default(), Samples::default());
     for task in tasks {
         let (w, r) = task.await.expect("user task");
@@ -246,6 +303,128 @@ async fn scenario(
         reads.merge(r);
     }
     (writes, reads, started.elapsed())
+}
+
+/// One of the seed's k6 scenarios and what the old system measured under it.
+struct Seed {
+    name: &'static str,
+    users: usize,
+    writes_every: u64,
+    /// Users at rest before and after the spike (0: all users over the whole run).
+    spike_base: usize,
+    old_p95_ms: f64,
+    old_errors: &'static str,
+}
+
+const SEEDS: &[Seed] = &[
+    Seed {
+        name: "mixed 80% reads",
+        users: 200,
+        writes_every: 5,
+        spike_base: 0,
+        old_p95_ms: 80.0,
+        old_errors: "4.4%",
+    },
+    Seed {
+        name: "read-heavy",
+        users: 300,
+        writes_every: 0,
+        spike_base: 0,
+        old_p95_ms: 265.0,
+        old_errors: "-",
+    },
+    Seed {
+        name: "write-heavy",
+        users: 50,
+        writes_every: 1,
+        spike_base: 0,
+        old_p95_ms: 127.0,
+        old_errors: "7.6%",
+    },
+    Seed {
+        name: "write-heavy",
+        users: 100,
+        writes_every: 1,
+        spike_base: 0,
+        old_p95_ms: 1578.0,
+        old_errors: "17.4%",
+    },
+    Seed {
+        name: "spike (mixed)",
+        users: 200,
+        writes_every: 5,
+        spike_base: 20,
+        old_p95_ms: 625.0,
+        old_errors: "-",
+    },
+];
+
+/// Replays the seed scenarios with `think` per user and prints their table beside the old
+/// figures and the target (0 errors, p95 under 10 ms).
+async fn seed_scenarios(
+    client: &Client,
+    tokens: &[String],
+    duration: Duration,
+    think: Duration,
+) -> Vec<(String, Row)> {
+    println!();
+    println!(
+        "{:<28} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>8}",
+        "seed scenario (think 1 s)",
+        "users",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+        "old p95",
+        "old err",
+        "target"
+    );
+    let mut rows = Vec::new();
+    for seed in SEEDS {
+        let windows: Vec<Window> = (0..seed.users)
+            .map(|i| {
+                if seed.spike_base == 0 || i < seed.spike_base {
+                    Window {
+                        from: Duration::ZERO,
+                        until: duration,
+                    }
+                } else {
+                    // The spike: the other users arrive together after a third of the run
+                    // and leave after two thirds.
+                    Window {
+                        from: duration / 3,
+                        until: duration * 2 / 3,
+                    }
+                }
+            })
+            .collect();
+        let shape = Shape {
+            writes_every: seed.writes_every,
+            think,
+        };
+        let (mut all, reads, elapsed) =
+            scenario_in_windows(client, &tokens[..seed.users], &windows, shape).await;
+        all.merge(reads);
+        let r = row(seed.name, &all, elapsed);
+        let met = r.errors == 0 && r.p95 < 10.0;
+        println!(
+            "{:<28} {:>6} {:>8.0} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>10.0} {:>9} {:>8}",
+            seed.name,
+            seed.users,
+            r.rps,
+            r.p50,
+            r.p95,
+            r.p99,
+            format!("{}/{}", r.errors, r.total),
+            seed.old_p95_ms,
+            seed.old_errors,
+            if met { "met" } else { "not met" }
+        );
+        rows.push((format!("{} ({} users)", seed.name, seed.users), r));
+    }
+    rows
 }
 
 /// Replaces the nodes with a galaxy of `target` nodes: clusters of about 100 nodes, 300 units across, around
@@ -381,14 +560,27 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     let client = Client { http, base };
 
-    let users = args.write_users.max(args.mixed_users);
+    let seed_users = if args.no_seed {
+        0
+    } else {
+        SEEDS.iter().map(|s| s.users).max().unwrap_or(0)
+    };
+    let users = args.write_users.max(args.mixed_users).max(seed_users);
     let mut tokens = Vec::with_capacity(users);
     for _ in 0..users {
         tokens.push(client.guest().await?);
     }
 
+    if !args.no_seed {
+        eprintln!(
+            "seed scenarios: {:?} each, think time {:?}",
+            args.seed_duration, args.think
+        );
+        seed_scenarios(&client, &tokens, args.seed_duration, args.think).await;
+    }
+
     eprintln!(
-        "write-heavy: {} users for {:?}",
+        "saturation, write-heavy: {} users for {:?}",
         args.write_users, args.duration
     );
     let (w_writes, _, w_elapsed) =
@@ -445,6 +637,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     ];
     println!();
+    println!("closed loop (no think time): saturation");
     print_rows(&rows);
     println!("(/viz at scale returned {per_answer:.0} nodes per answer on average)");
 
