@@ -62,6 +62,12 @@ crds: deps ## Regenerate crds/ from the operator's Rust types
 	@for dest in charts/mutr/crds manifests/base/crds; do cp crds/*.yaml $$dest/; done
 	@echo "wrote crds/mutrdeployments.mutr.io.yaml and its copies in charts/mutr/crds and manifests/base/crds"
 
+.PHONY: openapi
+openapi: deps ## Regenerate api/openapi.json from the API's code (a test fails when it drifts)
+	$(CARGO) run -q -p mutr-api --bin mutr-api -- openapi > api/openapi.json.tmp
+	@mv api/openapi.json.tmp api/openapi.json
+	@echo "wrote api/openapi.json"
+
 .PHONY: sqlx-prepare
 sqlx-prepare: deps ## Refresh .sqlx/ (offline query data) against a scratch database; no sqlx-cli needed
 	@$(HACK)/with-services.sh $(HACK)/sqlx-prepare.sh

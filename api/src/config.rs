@@ -40,6 +40,8 @@ pub enum Command {
     Recover(RecoverArgs),
     /// Record the colour whose pods claim analysis work; pods follow within a second or two.
     Activate(ActivateArgs),
+    /// Print the OpenAPI 3.1 document of the REST API (what `GET /api/openapi.json` serves).
+    Openapi,
 }
 
 /// Options of `mutr-api migrate`.

@@ -11,17 +11,64 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use utoipa::{
+    ToSchema,
+    openapi::schema::{Object, ObjectBuilder, Type},
+};
 
-/// The envelope around every JSON response.
-#[derive(Debug, Serialize)]
+// What `ApiOk` sends; the OpenAPI document's schemas of successes are derived from it.
+/// The envelope of a success: `success: true`, `message: "Success"`, the payload in `data`.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Envelope<T> {
-    /// Whether the request succeeded.
+    /// Always `true`.
+    #[schema(schema_with = always_true)]
     pub success: bool,
-    /// `Success`, or what went wrong in words a client can act on.
-    pub message: String,
-    /// The payload; `null` on errors.
-    pub data: Option<T>,
+    /// Always `Success`.
+    #[schema(schema_with = success_message)]
+    pub message: &'static str,
+    /// The payload.
+    pub data: T,
 }
+
+/// The envelope of every error: `success: false`, a message, `data: null`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    /// Always `false`.
+    #[schema(schema_with = always_false)]
+    pub success: bool,
+    /// What went wrong, in words a client can act on; never server internals.
+    pub message: String,
+    /// Always `null`.
+    #[schema(schema_with = null)]
+    pub data: (),
+}
+
+fn always_true() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Boolean)
+        .enum_values(Some([true]))
+        .build()
+}
+
+fn always_false() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Boolean)
+        .enum_values(Some([false]))
+        .build()
+}
+
+fn success_message() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([SUCCESS]))
+        .build()
+}
+
+fn null() -> Object {
+    ObjectBuilder::new().schema_type(Type::Null).build()
+}
+
+const SUCCESS: &str = "Success";
 
 /// A successful answer: `200` with the envelope around `data`.
 #[derive(Debug)]
@@ -31,8 +78,8 @@ impl<T: Serialize> IntoResponse for ApiOk<T> {
     fn into_response(self) -> Response {
         Json(Envelope {
             success: true,
-            message: "Success".to_owned(),
-            data: Some(self.0),
+            message: SUCCESS,
+            data: self.0,
         })
         .into_response()
     }
@@ -116,10 +163,10 @@ pub fn database_unavailable(e: &sqlx::Error) -> bool {
 
 /// The envelope for an error status and message, as a complete response.
 pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = Envelope::<()> {
+    let body = ErrorEnvelope {
         success: false,
         message: message.into(),
-        data: None,
+        data: (),
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"success\":false}".to_vec());
     let mut response = Response::new(Body::from(bytes));

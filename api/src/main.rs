@@ -1,4 +1,4 @@
-//! `mutr-api`: `serve`, `migrate`, `recover` and `activate`.
+//! `mutr-api`: `serve`, `migrate`, `recover`, `activate` and `openapi`.
 
 #![forbid(unsafe_code)]
 
@@ -60,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
             analysis::write_termination_log(&args.termination_log, &line);
             tracing::info!(summary = %line, "activated");
         }
+        Command::Openapi => print!("{}", mutr_api::http::openapi::document()),
     }
     Ok(())
 }

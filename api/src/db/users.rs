@@ -3,7 +3,7 @@
 use sqlx::PgExecutor;
 
 /// A user's role, as stored and sent (`role` in `/users/me`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub enum Role {
     /// Identified by a guest token.
     #[serde(rename = "ROLE_GUEST")]

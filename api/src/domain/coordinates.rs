@@ -7,6 +7,11 @@ use rand::Rng;
 pub const CHILD_DISTANCE: f64 = 15.0;
 /// Largest angle between the gaze direction and the direction a child is placed in.
 pub const MAX_GAZE_ANGLE_DEG: f64 = 85.0;
+/// Largest distance from the origin, on each axis, at which a root may be placed. Positions are
+/// rounded to two decimals through PostgreSQL's `numeric`, which takes 15 significant digits from
+/// a `float8`: up to 10^12 the rounding is exact, and near `f64::MAX` the rounded value no longer
+/// fits a `float8` (a 500, or infinity sent as `null`, before this limit).
+pub const MAX_ROOT_COORDINATE: f64 = 1e12;
 /// Exponent on the uniform draw of the angle: below 1, angles near the rim are more likely.
 pub const RIM_BIAS_EXPONENT: f64 = 0.6;
 

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A node's drift class, from its mutation score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MutationFilter {
     /// A root: nothing to drift from.

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
+use utoipa::ToSchema;
 
 use super::mutation::MutationFilter;
 
@@ -9,7 +10,7 @@ use super::mutation::MutationFilter;
 pub const MAX_CONTENT_CHARS: usize = 5000;
 
 /// Where a node is in the analysis pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AnalysisStatus {
     /// Stored, waiting for analysis.
@@ -36,7 +37,7 @@ impl AnalysisStatus {
 }
 
 /// A node on the wire. Field names are exact, including `cratedAt`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Node {
     /// Its id.
@@ -65,6 +66,11 @@ pub struct Node {
     pub root_id: i64,
     /// Creation time as a local date-time without zone (UTC), the old server's spelling.
     #[serde(rename = "cratedAt", serialize_with = "local_date_time")]
+    #[schema(
+        value_type = String,
+        pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}$",
+        example = "2026-11-21T09:30:00.123"
+    )]
     pub crated_at: DateTime<Utc>,
     /// Creation time with its zone.
     pub created_at: DateTime<Utc>,

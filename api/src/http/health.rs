@@ -7,16 +7,19 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::{
-    error::{ApiOk, error_response},
+    error::{ApiOk, Envelope, ErrorEnvelope, error_response},
+    http::openapi::Unavailable,
     state::AppState,
 };
 
 /// The body of a passing liveness probe.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Probe {
     /// `ok`.
+    #[schema(value_type = String, example = "ok")]
     pub status: &'static str,
 }
 
@@ -25,28 +28,59 @@ pub struct Probe {
 /// fail readiness: it would take every replica out of the Service at once, while the pod still
 /// serves what it can (reads and the live push without PostgreSQL; everything but cross-replica
 /// fan-out without Redis) and answers the rest with the envelope's 503.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Ready {
     /// `ok`.
+    #[schema(value_type = String, example = "ok")]
     pub status: &'static str,
     /// `ok` or `unreachable`.
+    #[schema(value_type = String, example = "ok")]
     pub database: &'static str,
     /// `ok` or `unreachable`.
+    #[schema(value_type = String, example = "ok")]
     pub redis: &'static str,
     /// The AI server of this colour: `serving`, `not serving`, `unreachable`.
+    #[schema(value_type = String, example = "serving")]
     pub ai: &'static str,
     /// The live push's link to the other replicas: `connected`, `disconnected` (events reach
     /// this replica's clients only), or `off` (no live push in this process).
+    #[schema(value_type = String, example = "connected")]
     pub push: &'static str,
 }
 
 /// Alive: answers while the process runs.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    operation_id = "healthz",
+    summary = "Liveness",
+    responses(
+        (status = 200, description = "The process answers", body = Envelope<Probe>),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn healthz() -> ApiOk<Probe> {
     ApiOk(Probe { status: "ok" })
 }
 
 /// Ready: started (the AI server of this colour answered `SERVING` once) and not draining. The
 /// body reports PostgreSQL, Redis and the AI server as they answer now.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    operation_id = "readyz",
+    summary = "Readiness",
+    description = "200 once this pod has started (the AI server of its colour answered `SERVING` \
+                   once) and while it is not draining; the body reports the shared dependencies, \
+                   whose outage does not fail readiness. 503 `starting: ...` until the AI server \
+                   answered, 503 `draining` during shutdown.",
+    responses(
+        (status = 200, description = "Ready; the dependencies as they answer now", body = Envelope<Ready>),
+        (status = 503, description = "Starting, draining, or the probe timed out", body = ErrorEnvelope),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.readiness.is_draining() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "draining");
@@ -102,6 +136,17 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus text exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -1,11 +1,13 @@
 //! The HTTP surface: routes, the envelope for every answer (including axum's own rejections,
-//! unknown routes, timeouts and panics), CORS, request metrics.
+//! unknown routes, timeouts and panics), CORS, request metrics. The REST routes are registered
+//! with their OpenAPI operations ([`openapi`]), so the document lists exactly what is served.
 
 pub mod auth;
 pub mod extract;
 pub mod health;
 pub mod nodes;
 pub mod oauth;
+pub mod openapi;
 pub mod page;
 pub mod rate_limit;
 pub mod users;
@@ -20,9 +22,10 @@ use axum::{
     http::{HeaderName, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::Response,
-    routing::{get, post},
 };
 use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, timeout::TimeoutLayer};
+use utoipa::OpenApi as _;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     error::{ApiError, envelope_errors, error_response},
@@ -75,18 +78,24 @@ impl Default for Limits {
     }
 }
 
+/// The REST routes, each with the OpenAPI operation of its handler.
+fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(auth::issue_guest))
+        .routes(routes!(users::me))
+        .routes(routes!(nodes::create))
+        .routes(routes!(nodes::viz))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::serve))
+        .merge(oauth::router())
+}
+
 /// The API's routes with every layer applied, ready to serve.
 pub fn app(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/api/v1/auth/guest", post(auth::issue_guest))
-        .route("/api/v1/users/me", get(users::me))
-        .route("/api/v1/nodes", post(nodes::create))
-        .route("/api/v1/nodes/viz", get(nodes::viz))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .merge(page::router())
-        .merge(oauth::router());
+    let (rest, _) = documented_routes().split_for_parts();
+    let api = rest.merge(page::router());
     let realtime = state
         .realtime
         .as_ref()

@@ -3,33 +3,44 @@
 
 use axum::extract::State;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     auth::Author,
     db::nodes::{self, Cube},
     domain::{
-        coordinates::{self, Vec3},
+        coordinates::{self, MAX_ROOT_COORDINATE, Vec3},
         node::{MAX_CONTENT_CHARS, Node},
     },
-    error::{ApiError, ApiOk},
-    http::extract::{ApiJson, ApiQuery},
+    error::{ApiError, ApiOk, Envelope},
+    http::{
+        extract::{ApiJson, ApiQuery},
+        openapi::{
+            BadRequest, Internal, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized,
+            Unavailable, UnsupportedMediaType,
+        },
+    },
     node_writer::{NodeDraft, WriteError},
     state::AppState,
 };
 
 /// The body of `POST /api/v1/nodes`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateNode {
     /// The node this one answers; none for a new root.
     pub parent_id: Option<i64>,
     /// 1 to 5000 characters, not only whitespace.
+    #[schema(min_length = 1, max_length = 5000, example = "별이 하나 떨어졌다")]
     pub content: String,
-    /// Where a root goes (default 0).
+    /// Where a root goes (default 0), at most 10^12 from the origin.
+    #[schema(minimum = -1e12, maximum = 1e12)]
     pub x: Option<f64>,
-    /// Where a root goes (default 0).
+    /// Where a root goes (default 0), at most 10^12 from the origin.
+    #[schema(minimum = -1e12, maximum = 1e12)]
     pub y: Option<f64>,
-    /// Where a root goes (default 0).
+    /// Where a root goes (default 0), at most 10^12 from the origin.
+    #[schema(minimum = -1e12, maximum = 1e12)]
     pub z: Option<f64>,
     /// The client's gaze direction, for placing a child.
     pub dir_x: Option<f64>,
@@ -44,6 +55,12 @@ impl CreateNode {
         let chars = self.content.chars().count();
         if chars == 0 || self.content.trim().is_empty() {
             return Err(ApiError::BadRequest("content must not be empty".to_owned()));
+        }
+        // PostgreSQL's text cannot hold U+0000; storing it failed the whole statement.
+        if self.content.contains('\0') {
+            return Err(ApiError::BadRequest(
+                "content must not contain NUL characters".to_owned(),
+            ));
         }
         if chars > MAX_CONTENT_CHARS {
             return Err(ApiError::BadRequest(format!(
@@ -65,6 +82,13 @@ impl CreateNode {
                 )));
             }
         }
+        for (name, value) in &numbers[..3] {
+            if value.is_some_and(|v| v.abs() > MAX_ROOT_COORDINATE) {
+                return Err(ApiError::BadRequest(format!(
+                    "{name} must be between -{MAX_ROOT_COORDINATE:e} and {MAX_ROOT_COORDINATE:e}"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -79,6 +103,30 @@ impl CreateNode {
 /// Creates a node as `PENDING` (stored in one statement with concurrent creations, see
 /// [`crate::node_writer`]); after the commit it is broadcast and handed to the analysis pipeline.
 /// Never waits for the analysis.
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes",
+    tag = "nodes",
+    operation_id = "createNode",
+    summary = "Create a node",
+    description = "Stores a node as `PENDING` and answers at once; the analysis follows, and the \
+                   live push carries the node when it is created and when its analysis ends. A \
+                   root goes to `x`, `y`, `z` (default 0); a child is placed near its parent, \
+                   along the gaze `dirX`, `dirY`, `dirZ` when all three are sent.",
+    security(("guestToken" = []), ("bearer" = [])),
+    request_body(content = CreateNode, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The new node, `analysisStatus: PENDING`", body = Envelope<Node>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     Author {
@@ -124,7 +172,8 @@ pub async fn create(
 }
 
 /// The query of `GET /api/v1/nodes/viz`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VizQuery {
     /// Centre of the cube.
     pub x: f64,
@@ -132,8 +181,9 @@ pub struct VizQuery {
     pub y: f64,
     /// Centre of the cube.
     pub z: f64,
-    /// Half the cube's edge; default 200.
+    /// Half the cube's edge; at most the configured maximum (default 100000).
     #[serde(default = "default_range")]
+    #[param(minimum = 0.0, default = 200.0)]
     pub range: f64,
 }
 
@@ -143,6 +193,22 @@ fn default_range() -> f64 {
 
 /// Every node within `range` of the point on each axis, newest first, capped at the configured
 /// number of nodes.
+#[utoipa::path(
+    get,
+    path = "/api/v1/nodes/viz",
+    tag = "nodes",
+    operation_id = "vizNodes",
+    summary = "The nodes in a cube",
+    description = "Every node whose coordinates are within `range` of the point on each axis, \
+                   newest first, at most the configured number (default 5000). Public.",
+    params(VizQuery),
+    responses(
+        (status = 200, description = "The nodes, newest first", body = Envelope<Vec<Node>>),
+        (status = 400, response = BadRequest),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn viz(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<VizQuery>,

@@ -7,17 +7,18 @@
 use std::sync::Arc;
 
 use axum::{
-    Router,
     extract::{FromRef, Path, Query, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::auth::{GUEST_TOKEN_HEADER, guest};
 use crate::db::users;
 use crate::error::ApiError;
+use crate::http::openapi::{BadRequest, NotFound, Unavailable};
 use crate::oauth::{
     CALLBACK_PATH, Callback, STATE_COOKIE, SignIn, SignInError, provider::Provider,
 };
@@ -29,11 +30,11 @@ pub const ACCESS_TOKEN_COOKIE: &str = "accessToken";
 /// `Max-Age` of the `accessToken` cookie: the client moves it to local storage at once.
 const ACCESS_TOKEN_COOKIE_MAX_AGE_SECS: u64 = 60;
 
-/// The sign-in routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/oauth2/authorization/{provider}", get(authorize))
-        .route("/login/oauth2/code/{provider}", get(callback))
+/// The sign-in routes, with their OpenAPI operations.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(authorize))
+        .routes(routes!(callback))
 }
 
 impl FromRef<AppState> for Arc<SignIn> {
@@ -43,14 +44,45 @@ impl FromRef<AppState> for Arc<SignIn> {
 }
 
 /// Query of the authorization endpoint.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuthorizeQuery {
     /// The guest token of a guest who signs in, so the member keeps the guest's nodes. A browser
     /// navigation cannot send `X-Guest-Token`, hence a query parameter.
     #[serde(rename = "guestToken")]
+    #[param(rename = "guestToken")]
     guest_token: Option<String>,
 }
 
+/// Starts a sign-in: a `302` to the provider, with a cookie binding the flow to this browser.
+#[utoipa::path(
+    get,
+    path = "/oauth2/authorization/{provider}",
+    tag = "sign-in",
+    operation_id = "authorize",
+    summary = "Start a member sign-in",
+    description = "Sends the browser to the provider (authorization code with state and PKCE). A \
+                   guest who signs in passes its token (header or `guestToken`) so the member keeps \
+                   the guest's nodes. When the flow cannot start, the redirect goes to the \
+                   frontend instead.",
+    params(
+        ("provider" = String, Path, description = "`google` or `kakao`; another name, or one this \
+                                                  server has not configured, is 404"),
+        ("X-Guest-Token" = Option<String>, Header, description = "The token of a guest who signs in"),
+        AuthorizeQuery,
+    ),
+    responses(
+        (status = 302, description = "To the provider's authorization page (or to the frontend \
+                                      when the flow cannot start)", headers(
+            ("Location" = String, description = "The provider's authorization URL, or the frontend URL"),
+            ("Set-Cookie" = String, description = "The flow's binding cookie (`HttpOnly`, only sent to the callback)"),
+            ("Cache-Control" = String, description = "`no-store`"),
+        )),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn authorize(
     State(sign_in): State<Arc<SignIn>>,
     Path(name): Path<String>,
@@ -111,6 +143,34 @@ async fn resolve_guest(sign_in: &SignIn, provider: Provider, token: &str) -> Opt
     }
 }
 
+/// Completes a sign-in and sends the browser to the frontend, with the `accessToken` cookie on
+/// success.
+#[utoipa::path(
+    get,
+    path = "/login/oauth2/code/{provider}",
+    tag = "sign-in",
+    operation_id = "signInCallback",
+    summary = "The provider's return",
+    description = "Exchanges the code, finds or creates the member, and redirects to the frontend \
+                   URL with `accessToken=<jwt>` (`Path=/`, `Max-Age=60`, `SameSite=Lax`, readable \
+                   by script). A failed or cancelled sign-in redirects there without that cookie.",
+    params(
+        ("provider" = String, Path, description = "`google` or `kakao`; another name, or one this \
+                                                  server has not configured, is 404"),
+        ("code" = Option<String>, Query, description = "The authorization code"),
+        ("state" = Option<String>, Query, description = "The state the flow started with"),
+        ("error" = Option<String>, Query, description = "An OAuth2 error code, when the provider refused"),
+    ),
+    responses(
+        (status = 302, description = "To the frontend", headers(
+            ("Location" = String, description = "The frontend URL"),
+            ("Set-Cookie" = String, description = "`accessToken=<jwt>` on success; the binding cookie cleared always"),
+            ("Cache-Control" = String, description = "`no-store`"),
+        )),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn callback(
     State(sign_in): State<Arc<SignIn>>,
     Path(name): Path<String>,
