@@ -244,6 +244,14 @@ impl Decoder {
             let Some(headers_end) = self.find_headers_end() else {
                 return self.need_more();
             };
+            // A head that leaves no room for the NUL is over the limit, however it arrived: when
+            // it came in pieces, `need_more` has already said so, so must a head that came whole
+            // (before any effort goes into parsing it).
+            if headers_end >= self.max_frame {
+                return Err(DecodeError::TooLarge {
+                    limit: self.max_frame,
+                });
+            }
             self.scan = 0;
             self.head = Some(self.parse_head(headers_end)?);
         }
@@ -543,6 +551,31 @@ mod tests {
         let mut d = Decoder::new(32);
         d.push(&[b'X'; 40]);
         assert_eq!(d.next_frame(), Err(DecodeError::TooLarge { limit: 32 }));
+    }
+
+    /// Found by `stomp_frame_on_stomp_like_streams`: a head past the limit that arrived in one
+    /// piece was parsed (and reported as malformed), while the same bytes in pieces were
+    /// reported too large.
+    #[test]
+    fn an_oversized_head_is_too_large_however_it_arrives() {
+        let stream = b"SEND\nx:\xff-a-long-header-value\n\n\0";
+        let limit = 24;
+        for piece in [stream.len(), 7, 1] {
+            let mut d = Decoder::new(limit);
+            let mut result = Ok(None);
+            for chunk in stream.chunks(piece) {
+                d.push(chunk);
+                result = d.next_frame();
+                if result.is_err() {
+                    break;
+                }
+            }
+            assert_eq!(
+                result,
+                Err(DecodeError::TooLarge { limit }),
+                "pieces of {piece}"
+            );
+        }
     }
 
     #[test]
