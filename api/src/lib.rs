@@ -9,6 +9,8 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod node_writer;
 pub mod oauth;

@@ -10,6 +10,11 @@ pub const MAX_GAZE_ANGLE_DEG: f64 = 85.0;
 /// Exponent on the uniform draw of the angle: below 1, angles near the rim are more likely.
 pub const RIM_BIAS_EXPONENT: f64 = 0.6;
 
+/// Largest distance from the origin, on each axis, at which a client may place a root. Beyond
+/// about 1.8e306 rounding to two decimals overflows to infinity, and well before that `f64` no
+/// longer holds two decimals; nobody navigates there.
+pub const MAX_COORDINATE: f64 = 1e12;
+
 /// A point or a vector in galaxy space.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Vec3 {
