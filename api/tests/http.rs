@@ -662,3 +662,83 @@ async fn cors_allows_only_configured_origins(pool: PgPool) {
     assert!(other.headers().get("access-control-allow-origin").is_none());
     s.stop().await;
 }
+
+/// Every answer (the page, its scripts, API successes and errors, the live push's) tells
+/// browsers not to sniff content types and to send no referrer; every answer but the page
+/// carries a policy that loads nothing; the page's policy allows its own files and its own
+/// host's push, nothing inline.
+#[sqlx::test]
+async fn security_headers_on_every_answer(pool: PgPool) {
+    let s = TestServer::start(pool).await;
+    let host = s.base.trim_start_matches("http://").to_owned();
+    let requests = [
+        (reqwest::Method::GET, "/", StatusCode::OK),
+        (reqwest::Method::GET, "/assets/galaxy.js", StatusCode::OK),
+        (reqwest::Method::GET, "/assets/galaxy.css", StatusCode::OK),
+        (reqwest::Method::POST, "/api/v1/auth/guest", StatusCode::OK),
+        (
+            reqwest::Method::GET,
+            "/api/v1/nodes/viz?x=0&y=0&z=0",
+            StatusCode::OK,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/nodes/viz",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/nodes",
+            StatusCode::UNAUTHORIZED,
+        ),
+        (reqwest::Method::GET, "/nope", StatusCode::NOT_FOUND),
+        (reqwest::Method::GET, "/healthz", StatusCode::OK),
+        (reqwest::Method::GET, "/ws-mutr/info", StatusCode::OK),
+        (
+            reqwest::Method::POST,
+            "/ws-mutr/000/hdr/xhr",
+            StatusCode::OK,
+        ),
+        (
+            reqwest::Method::GET,
+            "/ws-mutr/websocket",
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (method, path, status) in requests {
+        let r = s.http.request(method, s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let h = r.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        if path == "/" {
+            assert_eq!(
+                csp,
+                mutr_api::http::page::content_security_policy(Some(&host)),
+                "{path}"
+            );
+            assert!(
+                csp.contains(&format!("connect-src 'self' ws://{host} wss://{host}")),
+                "{csp}"
+            );
+        } else {
+            assert_eq!(csp, mutr_api::http::API_CONTENT_SECURITY_POLICY, "{path}");
+        }
+    }
+    let css = s
+        .http
+        .get(s.url("/assets/galaxy.css"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    let page = s.http.get(s.url("/")).send().await.unwrap().text().await;
+    assert!(page.unwrap().contains("/assets/galaxy.css"));
+    s.stop().await;
+}
