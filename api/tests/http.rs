@@ -742,3 +742,52 @@ async fn security_headers_on_every_answer(pool: PgPool) {
     assert!(page.unwrap().contains("/assets/galaxy.css"));
     s.stop().await;
 }
+
+/// The status of a push request (xhr-polling, then the raw WebSocket's handshake) sent from a
+/// page of `origin`.
+async fn push_statuses(s: &TestServer, origin: &str) -> (u16, u16) {
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+    let xhr = s
+        .http
+        .post(s.url(&format!(
+            "/ws-mutr/000/{}/xhr",
+            uuid::Uuid::new_v4().simple()
+        )))
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    let ws_url = s.url("/ws-mutr/websocket").replacen("http", "ws", 1);
+    let mut request = ws_url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    let ws = match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("handshake from {origin}: {e}"),
+    };
+    (xhr, ws)
+}
+
+/// With `MUTR_CORS_ORIGINS` set and no push origins of its own, the push lets in the same
+/// browser origins as the API, and the page of its own host, and refuses others with 403.
+#[sqlx::test]
+async fn push_refuses_origins_outside_the_cors_origins(pool: PgPool) {
+    let s = TestServer::start_with(pool, &["--cors-origins", "http://app.example"]).await;
+    assert_eq!(push_statuses(&s, "http://evil.example").await, (403, 403));
+    assert_eq!(push_statuses(&s, "http://app.example").await, (200, 101));
+    assert_eq!(push_statuses(&s, &s.base).await, (200, 101));
+    s.stop().await;
+}
+
+/// Without configured origins the push takes any page's sessions: it carries only public
+/// topics and takes no credentials from cookies, so a foreign page gains nothing by it.
+#[sqlx::test]
+async fn push_takes_any_origin_when_none_is_configured(pool: PgPool) {
+    let s = TestServer::start(pool).await;
+    assert_eq!(push_statuses(&s, "http://evil.example").await, (200, 101));
+    s.stop().await;
+}
