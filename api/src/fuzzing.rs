@@ -21,6 +21,19 @@ use crate::realtime::session::{self, SessionConfig};
 use crate::realtime::sockjs;
 use crate::realtime::stomp::{DecodeError, Decoder, Frame, Version};
 
+/// A fuzz target's body: arbitrary bytes in, a panic when an invariant breaks.
+pub type Target = fn(&[u8]);
+
+/// The `cargo fuzz` targets of `api/fuzz/`, by name: each target is one line that calls its
+/// function here, which the property tests also run.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("stomp_frame", stomp_frame),
+    ("stomp_session", stomp_session),
+    ("sockjs_payload", sockjs_payload),
+    ("node_body", node_body),
+    ("viz_query", viz_query),
+];
+
 /// Every frame decoded from `chunks` pushed one after another, and the error that ended the
 /// stream, if any (the decoder is not used after an error, as the sessions do).
 pub fn decode_stream<'a>(
@@ -433,6 +446,41 @@ mod tests {
         #[test]
         fn viz_query_on_query_strings(query in viz_query_string()) {
             viz_query(query.as_bytes());
+        }
+    }
+
+    /// `api/fuzz` is not built by `make test` (it needs nightly): this keeps its targets, its
+    /// manifest and [`TARGETS`] in step, so each target calls a function the properties run.
+    #[test]
+    fn every_fuzz_target_is_one_call_of_a_function_tested_here() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let mut files: Vec<String> = std::fs::read_dir(dir.join("fuzz_targets"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        let mut names: Vec<String> = TARGETS.iter().map(|(n, _)| format!("{n}.rs")).collect();
+        names.sort();
+        assert_eq!(files, names);
+        for (name, target) in TARGETS {
+            let code =
+                std::fs::read_to_string(dir.join(format!("fuzz_targets/{name}.rs"))).unwrap();
+            let call = format!("fuzz_target!(|data: &[u8]| mutr_api::fuzzing::{name}(data));");
+            assert!(
+                code.contains(&call),
+                "{name}.rs does not call fuzzing::{name}"
+            );
+            assert!(
+                manifest.contains(&format!(
+                    "name = \"{name}\"\npath = \"fuzz_targets/{name}.rs\""
+                )),
+                "{name} is not a [[bin]] of api/fuzz/Cargo.toml"
+            );
+            // Short, empty and control-byte-only inputs are where slicing goes wrong.
+            for input in [&b""[..], b"\0", b"\xff\xff", b"[", b"x=1&y=2&z=3"] {
+                target(input);
+            }
         }
     }
 
