@@ -78,7 +78,12 @@ pub fn stomp_frame(data: &[u8]) {
     for frame in &whole.0 {
         let plain =
             !frame.command.is_empty() && frame.command.bytes().all(|b| b.is_ascii_uppercase());
-        if !plain || std::str::from_utf8(&frame.body).is_err() {
+        // Where headers are not escaped (STOMP 1.0, CONNECT frames) or cannot escape a carriage
+        // return (1.1), a value that ends with one reads as a CRLF line end once re-encoded.
+        let escapes_cr = version == Version::V1_2
+            && !matches!(frame.command.as_str(), "CONNECT" | "STOMP" | "CONNECTED");
+        let trailing_cr = frame.headers.iter().any(|(_, v)| v.ends_with('\r'));
+        if !plain || std::str::from_utf8(&frame.body).is_err() || (trailing_cr && !escapes_cr) {
             continue;
         }
         let text = frame.encode(version);
@@ -293,6 +298,7 @@ mod tests {
         b":",
         b"\n",
         b"\r\n",
+        b"\r\r\n",
         b"\r",
         b"\0",
         "한".as_bytes(),
@@ -482,6 +488,24 @@ mod tests {
                 target(input);
             }
         }
+    }
+
+    /// Found by `cargo fuzz run stomp_frame` within seconds (a wrong property, not a wrong
+    /// decoder): `x:a\r\r\n` is the value `a\r` under every version, but only STOMP 1.2 can send
+    /// it back (escaped); 1.0 and 1.1 write the CR raw, and it reads as part of the line end.
+    #[test]
+    fn a_trailing_carriage_return_survives_only_in_stomp_1_2() {
+        for version in [Version::V1_0, Version::V1_1, Version::V1_2] {
+            let (frames, error) = decode_stream([&b"SEND\nx:a\r\r\n\n\0"[..]], 64, version);
+            assert_eq!((frames[0].get("x"), error), (Some("a\r"), None));
+            let text = frames[0].encode(version);
+            let again = decode_stream([text.as_bytes()], 64, version).0;
+            let expected = if version == Version::V1_2 { "a\r" } else { "a" };
+            assert_eq!(again[0].get("x"), Some(expected), "{version:?}");
+        }
+        let mut data = vec![0, 1];
+        data.extend_from_slice(b"SEND\nx:a\r\r\n\n\0");
+        stomp_frame(&data);
     }
 
     /// Found by `node_body_on_node_shaped_json`: a root asked for at x = 1.7e308 was accepted,
