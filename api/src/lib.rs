@@ -9,6 +9,8 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod node_writer;
 pub mod oauth;
@@ -94,7 +96,9 @@ pub async fn serve(
     // other replicas).
     let push_stop = CancellationToken::new();
     let push = realtime::Realtime::start(
-        args.realtime.clone(),
+        args.realtime
+            .clone()
+            .with_default_origins(&args.cors_origins),
         Some(args.redis_url.expose().to_owned()),
         push_stop.clone(),
     )

@@ -712,3 +712,132 @@ async fn cors_allows_only_configured_origins(pool: PgPool) {
     assert!(other.headers().get("access-control-allow-origin").is_none());
     s.stop().await;
 }
+
+/// Every answer (the page, its scripts, API successes and errors, the live push's) tells
+/// browsers not to sniff content types and to send no referrer; every answer but the page
+/// carries a policy that loads nothing; the page's policy allows its own files and its own
+/// host's push, nothing inline.
+#[sqlx::test]
+async fn security_headers_on_every_answer(pool: PgPool) {
+    let s = TestServer::start(pool).await;
+    let host = s.base.trim_start_matches("http://").to_owned();
+    let requests = [
+        (reqwest::Method::GET, "/", StatusCode::OK),
+        (reqwest::Method::GET, "/assets/galaxy.js", StatusCode::OK),
+        (reqwest::Method::GET, "/assets/galaxy.css", StatusCode::OK),
+        (reqwest::Method::POST, "/api/v1/auth/guest", StatusCode::OK),
+        (
+            reqwest::Method::GET,
+            "/api/v1/nodes/viz?x=0&y=0&z=0",
+            StatusCode::OK,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/nodes/viz",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/nodes",
+            StatusCode::UNAUTHORIZED,
+        ),
+        (reqwest::Method::GET, "/nope", StatusCode::NOT_FOUND),
+        (reqwest::Method::GET, "/healthz", StatusCode::OK),
+        (reqwest::Method::GET, "/ws-mutr/info", StatusCode::OK),
+        (
+            reqwest::Method::POST,
+            "/ws-mutr/000/hdr/xhr",
+            StatusCode::OK,
+        ),
+        (
+            reqwest::Method::GET,
+            "/ws-mutr/websocket",
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (method, path, status) in requests {
+        let r = s.http.request(method, s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let h = r.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        if path == "/" {
+            assert_eq!(
+                csp,
+                mutr_api::http::page::content_security_policy(Some(&host)),
+                "{path}"
+            );
+            assert!(
+                csp.contains(&format!("connect-src 'self' ws://{host} wss://{host}")),
+                "{csp}"
+            );
+        } else {
+            assert_eq!(csp, mutr_api::http::API_CONTENT_SECURITY_POLICY, "{path}");
+        }
+    }
+    let css = s
+        .http
+        .get(s.url("/assets/galaxy.css"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    let page = s.http.get(s.url("/")).send().await.unwrap().text().await;
+    assert!(page.unwrap().contains("/assets/galaxy.css"));
+    s.stop().await;
+}
+
+/// The status of a push request (xhr-polling, then the raw WebSocket's handshake) sent from a
+/// page of `origin`.
+async fn push_statuses(s: &TestServer, origin: &str) -> (u16, u16) {
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+    let xhr = s
+        .http
+        .post(s.url(&format!(
+            "/ws-mutr/000/{}/xhr",
+            uuid::Uuid::new_v4().simple()
+        )))
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    let ws_url = s.url("/ws-mutr/websocket").replacen("http", "ws", 1);
+    let mut request = ws_url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    let ws = match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("handshake from {origin}: {e}"),
+    };
+    (xhr, ws)
+}
+
+/// With `MUTR_CORS_ORIGINS` set and no push origins of its own, the push lets in the same
+/// browser origins as the API, and the page of its own host, and refuses others with 403.
+#[sqlx::test]
+async fn push_refuses_origins_outside_the_cors_origins(pool: PgPool) {
+    let s = TestServer::start_with(pool, &["--cors-origins", "http://app.example"]).await;
+    assert_eq!(push_statuses(&s, "http://evil.example").await, (403, 403));
+    assert_eq!(push_statuses(&s, "http://app.example").await, (200, 101));
+    assert_eq!(push_statuses(&s, &s.base).await, (200, 101));
+    s.stop().await;
+}
+
+/// Without configured origins the push takes any page's sessions: it carries only public
+/// topics and takes no credentials from cookies, so a foreign page gains nothing by it.
+#[sqlx::test]
+async fn push_takes_any_origin_when_none_is_configured(pool: PgPool) {
+    let s = TestServer::start(pool).await;
+    assert_eq!(push_statuses(&s, "http://evil.example").await, (200, 101));
+    s.stop().await;
+}

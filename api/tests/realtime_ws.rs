@@ -418,6 +418,45 @@ async fn disallowed_origin_is_refused() {
     server.stop().await;
 }
 
+/// The status of a WebSocket handshake sent with `origin`.
+async fn handshake_status(url: &str, origin: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("handshake with {origin}: {e}"),
+    }
+}
+
+/// Both WebSocket transports check the Origin as the xhr ones do: a foreign page is refused
+/// before the upgrade, a listed origin and the server's own host are let in.
+#[tokio::test]
+async fn disallowed_origin_is_refused_on_both_websockets() {
+    let mut a = args();
+    a.ws_allowed_origins = vec!["https://mutr.example".to_owned()];
+    let server = Server::start(a, None).await;
+    let own = format!("http://{}", server.addr);
+    for path in ["/ws-mutr/websocket", "/ws-mutr/000/sess/websocket"] {
+        let url = server.ws(path);
+        assert_eq!(
+            handshake_status(&url, "https://evil.example").await,
+            403,
+            "{path}"
+        );
+        assert_eq!(
+            handshake_status(&url, "https://mutr.example").await,
+            101,
+            "{path}"
+        );
+        assert_eq!(handshake_status(&url, &own).await, 101, "{path}");
+    }
+    server.stop().await;
+}
+
 /// Local delivery must not depend on Redis: with an unreachable Redis, the server starts, and
 /// its own subscribers get every event.
 #[tokio::test]

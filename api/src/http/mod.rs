@@ -23,7 +23,10 @@ use axum::{
     middleware::{self, Next},
     response::Response,
 };
-use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, timeout::TimeoutLayer};
+use tower_http::{
+    catch_panic::CatchPanicLayer, cors::CorsLayer, set_header::SetResponseHeaderLayer,
+    timeout::TimeoutLayer,
+};
 use utoipa::OpenApi as _;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -103,13 +106,39 @@ pub fn app(state: AppState) -> Router {
     let app = with_layers(api, &state.limits, &state.cors_origins).with_state(state);
     // The push routes answer SockJS's own framing and CORS; they stay outside the envelope layers.
     match realtime {
-        Some(push) => push.merge(app),
+        Some(push) => security_headers(push).merge(app),
         None => app,
     }
 }
 
+/// The policy of every answer that is not the page: an API answer or a script loads nothing and
+/// is framed nowhere, whatever a browser makes of it.
+pub const API_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// Headers for every answer: no MIME sniffing, no referrer sent on from here, and
+/// [`API_CONTENT_SECURITY_POLICY`] unless the route set its own (the page does).
+pub fn security_headers<S>(routes: Router<S>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    routes
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(API_CONTENT_SECURITY_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+}
+
 /// Adds what every API route gets: the envelope for unknown routes, wrong methods, rejections,
-/// timeouts and panics; the body limit; request metrics; CORS when configured.
+/// timeouts and panics; the body limit; request metrics; CORS when configured; the
+/// [`security_headers`].
 pub fn with_layers<S>(routes: Router<S>, limits: &Limits, cors_origins: &[String]) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -130,10 +159,11 @@ where
         ))
         .layer(middleware::from_fn(envelope_errors))
         .layer(middleware::from_fn(track_metrics));
-    match cors(cors_origins) {
+    let routes = match cors(cors_origins) {
         Some(layer) => routes.layer(layer),
         None => routes,
-    }
+    };
+    security_headers(routes)
 }
 
 async fn not_found() -> ApiError {

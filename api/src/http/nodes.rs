@@ -51,7 +51,8 @@ pub struct CreateNode {
 }
 
 impl CreateNode {
-    fn validate(&self) -> Result<(), ApiError> {
+    /// Checks what the type cannot: the content's length and that every number is usable.
+    pub fn validate(&self) -> Result<(), ApiError> {
         let chars = self.content.chars().count();
         if chars == 0 || self.content.trim().is_empty() {
             return Err(ApiError::BadRequest("content must not be empty".to_owned()));
@@ -98,6 +99,14 @@ impl CreateNode {
             _ => None,
         }
     }
+
+    /// Where the node goes: a root where asked, a child's step from its parent (drawn from `rng`).
+    pub fn offset(&self, rng: &mut impl rand::Rng) -> Vec3 {
+        match self.parent_id {
+            Some(_) => coordinates::child_offset(self.gaze(), rng),
+            None => coordinates::place_root(self.x, self.y, self.z),
+        }
+    }
 }
 
 /// Creates a node as `PENDING` (stored in one statement with concurrent creations, see
@@ -138,10 +147,7 @@ pub async fn create(
     state.write_limiter.check(user.id).await?;
     body.validate()?;
 
-    let offset = match body.parent_id {
-        Some(_) => coordinates::child_offset(body.gaze(), &mut rand::rng()),
-        None => coordinates::place_root(body.x, body.y, body.z),
-    };
+    let offset = body.offset(&mut rand::rng());
     let draft = NodeDraft {
         content: body.content,
         author_id: user.id,
@@ -191,6 +197,35 @@ fn default_range() -> f64 {
     200.0
 }
 
+impl VizQuery {
+    /// The cube asked for, once every number is finite and `range` is within `0..=max_range`.
+    pub fn cube(&self, max_range: f64) -> Result<Cube, ApiError> {
+        for (name, v) in [
+            ("x", self.x),
+            ("y", self.y),
+            ("z", self.z),
+            ("range", self.range),
+        ] {
+            if !v.is_finite() {
+                return Err(ApiError::BadRequest(format!(
+                    "{name} must be a finite number"
+                )));
+            }
+        }
+        if self.range < 0.0 || self.range > max_range {
+            return Err(ApiError::BadRequest(format!(
+                "range must be between 0 and {max_range}"
+            )));
+        }
+        Ok(Cube {
+            x: self.x,
+            y: self.y,
+            z: self.z,
+            range: self.range,
+        })
+    }
+}
+
 /// Every node within `range` of the point on each axis, newest first, capped at the configured
 /// number of nodes.
 #[utoipa::path(
@@ -213,25 +248,7 @@ pub async fn viz(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<VizQuery>,
 ) -> Result<ApiOk<Vec<Node>>, ApiError> {
-    for (name, v) in [("x", q.x), ("y", q.y), ("z", q.z), ("range", q.range)] {
-        if !v.is_finite() {
-            return Err(ApiError::BadRequest(format!(
-                "{name} must be a finite number"
-            )));
-        }
-    }
-    let max = state.limits.viz_max_range;
-    if q.range < 0.0 || q.range > max {
-        return Err(ApiError::BadRequest(format!(
-            "range must be between 0 and {max}"
-        )));
-    }
-    let cube = Cube {
-        x: q.x,
-        y: q.y,
-        z: q.z,
-        range: q.range,
-    };
+    let cube = q.cube(state.limits.viz_max_range)?;
     let found = nodes::in_cube(&state.db, cube, i64::from(state.limits.viz_max_nodes)).await?;
     metrics::histogram!("mutr_viz_nodes_returned").record(found.len() as f64);
     Ok(ApiOk(found))

@@ -85,14 +85,10 @@ pub struct RealtimeArgs {
     #[arg(long, env = "MUTR_WS_MAX_SUBSCRIPTIONS", default_value_t = 16)]
     pub ws_max_subscriptions: usize,
 
-    /// Browser origins allowed to open sessions, comma-separated (`*`: any). Requests without an
-    /// Origin header (non-browser clients) are always allowed.
-    #[arg(
-        long,
-        env = "MUTR_WS_ALLOWED_ORIGINS",
-        default_value = "*",
-        value_delimiter = ','
-    )]
+    /// Browser origins allowed to open sessions, comma-separated (`*`: any). Unset: the API's
+    /// CORS origins (`MUTR_CORS_ORIGINS`) when those are set, else any. A page of the API's own
+    /// origin and requests without an Origin header (non-browser clients) are always allowed.
+    #[arg(long, env = "MUTR_WS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub ws_allowed_origins: Vec<String>,
 
     /// Interval of SockJS `h` frames on idle sessions, which keep proxies from closing them.
@@ -134,6 +130,18 @@ pub struct RealtimeArgs {
     /// Longest delay between attempts to reconnect to Redis.
     #[arg(long, env = "MUTR_REALTIME_REDIS_RETRY_MAX", default_value = "5s", value_parser = humantime::parse_duration)]
     pub realtime_redis_retry_max: Duration,
+}
+
+impl RealtimeArgs {
+    /// These settings with the push's allowed origins defaulted to the API's CORS origins: a
+    /// deployment that names its browser clients for the API names them for the push too.
+    #[must_use]
+    pub fn with_default_origins(mut self, cors_origins: &[String]) -> Self {
+        if self.ws_allowed_origins.iter().all(|o| o.trim().is_empty()) {
+            self.ws_allowed_origins = cors_origins.to_vec();
+        }
+        self
+    }
 }
 
 /// Why the realtime push cannot start.
@@ -326,16 +334,11 @@ impl Realtime {
         self.inner.close.is_cancelled()
     }
 
-    /// Whether a browser request's Origin may open a session.
+    /// Whether a browser request's Origin may open a session: no Origin (not a browser), any
+    /// when no origin is configured or `*` is, the request's own host (the page at `/`), or one
+    /// of the configured origins.
     fn origin_allowed(&self, headers: &HeaderMap) -> bool {
-        let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
-            return true;
-        };
-        let allowed = &self.inner.args.ws_allowed_origins;
-        allowed.iter().any(|a| a == "*")
-            || origin
-                .to_str()
-                .is_ok_and(|o| allowed.iter().any(|a| a.trim_end_matches('/') == o))
+        origin_allowed(&self.inner.args.ws_allowed_origins, headers)
     }
 
     /// Counts a new session, or `None` when closing or at the limit.
@@ -387,6 +390,29 @@ impl Realtime {
     }
 }
 
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    use axum::http::header::{HOST, ORIGIN};
+    let Some(origin) = headers.get(ORIGIN) else {
+        return true;
+    };
+    let mut allowed = allowed
+        .iter()
+        .map(|a| a.trim().trim_end_matches('/'))
+        .filter(|a| !a.is_empty())
+        .peekable();
+    if allowed.peek().is_none() {
+        return true;
+    }
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let same_host = origin
+        .split_once("://")
+        .zip(headers.get(HOST).and_then(|h| h.to_str().ok()))
+        .is_some_and(|((_, origin_host), host)| origin_host.eq_ignore_ascii_case(host));
+    same_host || allowed.any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+}
+
 /// Keeps one session counted while it lives.
 struct SessionGuard {
     realtime: Realtime,
@@ -430,5 +456,55 @@ mod tests {
         assert_eq!(a.ws_send_timeout, Duration::from_millis(250));
         assert_eq!(a.sockjs_heartbeat, Duration::from_secs(25));
         assert_eq!(a.realtime_redis_channel, "mutr:realtime:events");
+    }
+
+    fn request(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", host.parse().unwrap());
+        if let Some(origin) = origin {
+            headers.insert("origin", origin.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn origins_default_to_the_cors_origins_then_to_any() {
+        let cli = Cli::try_parse_from(["mutr"]).expect("no flags");
+        let cors = ["https://app.example".to_owned()];
+        assert!(cli.realtime.ws_allowed_origins.is_empty());
+        let from_cors = cli.realtime.clone().with_default_origins(&cors);
+        assert_eq!(from_cors.ws_allowed_origins, cors);
+        let own = Cli::try_parse_from(["mutr", "--ws-allowed-origins", "https://ws.example"])
+            .unwrap()
+            .realtime
+            .with_default_origins(&cors);
+        assert_eq!(own.ws_allowed_origins, ["https://ws.example"]);
+
+        let any = cli.realtime.with_default_origins(&[]);
+        assert!(origin_allowed(
+            &any.ws_allowed_origins,
+            &request(Some("https://evil.example"), "api.example")
+        ));
+    }
+
+    #[test]
+    fn configured_origins_refuse_others_but_not_the_own_host_or_non_browsers() {
+        let allowed = [
+            "https://app.example/".to_owned(),
+            "http://x.example".to_owned(),
+        ];
+        let check = |origin, host| origin_allowed(&allowed, &request(origin, host));
+        assert!(check(Some("https://app.example"), "api.example"));
+        assert!(check(Some("HTTP://X.example"), "api.example"));
+        assert!(check(Some("https://api.example:8443"), "api.example:8443"));
+        assert!(check(None, "api.example"));
+        assert!(!check(Some("https://evil.example"), "api.example"));
+        assert!(!check(Some("null"), "api.example"));
+        assert!(!check(Some("https://app.example.evil"), "api.example"));
+        assert!(!check(Some("https://api.example:8443"), "api.example"));
+        assert!(origin_allowed(
+            &["*".to_owned()],
+            &request(Some("https://evil.example"), "api.example")
+        ));
     }
 }

@@ -207,4 +207,38 @@ mod tests {
         assert_eq!(p.len(), 2049);
         assert!(p.ends_with("hh\n"));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::fuzzing::proptest_config;
+
+        proptest! {
+            #![proptest_config(proptest_config(256))]
+
+            /// What the server frames, `sockjs-client` (a JSON parser) reads back unchanged, and
+            /// the characters that proxies mangle never travel raw.
+            #[test]
+            fn message_frames_round_trip_and_escape_line_separators(
+                messages in proptest::collection::vec(any::<String>(), 0..4),
+            ) {
+                let frame = message_frame(&messages);
+                prop_assert!(frame.starts_with("a["));
+                let parsed: Vec<String> = serde_json::from_str(&frame[1..]).unwrap();
+                prop_assert_eq!(&parsed, &messages);
+                prop_assert!(!frame.chars().any(needs_unicode_escape), "{}", frame);
+            }
+
+            /// What `sockjs-client` sends (`JSON.stringify` of the message array) decodes to the
+            /// messages.
+            #[test]
+            fn client_payloads_decode_to_their_messages(
+                messages in proptest::collection::vec(any::<String>(), 0..4),
+            ) {
+                let payload = serde_json::to_vec(&messages).unwrap();
+                prop_assert_eq!(decode_messages(&payload), Ok(messages));
+            }
+        }
+    }
 }

@@ -244,6 +244,14 @@ impl Decoder {
             let Some(headers_end) = self.find_headers_end() else {
                 return self.need_more();
             };
+            // A head that leaves no room for the NUL is over the limit, however it arrived: when
+            // it came in pieces, `need_more` has already said so, so must a head that came whole
+            // (before any effort goes into parsing it).
+            if headers_end >= self.max_frame {
+                return Err(DecodeError::TooLarge {
+                    limit: self.max_frame,
+                });
+            }
             self.scan = 0;
             self.head = Some(self.parse_head(headers_end)?);
         }
@@ -545,6 +553,31 @@ mod tests {
         assert_eq!(d.next_frame(), Err(DecodeError::TooLarge { limit: 32 }));
     }
 
+    /// Found by `stomp_frame_on_stomp_like_streams`: a head past the limit that arrived in one
+    /// piece was parsed (and reported as malformed), while the same bytes in pieces were
+    /// reported too large.
+    #[test]
+    fn an_oversized_head_is_too_large_however_it_arrives() {
+        let stream = b"SEND\nx:\xff-a-long-header-value\n\n\0";
+        let limit = 24;
+        for piece in [stream.len(), 7, 1] {
+            let mut d = Decoder::new(limit);
+            let mut result = Ok(None);
+            for chunk in stream.chunks(piece) {
+                d.push(chunk);
+                result = d.next_frame();
+                if result.is_err() {
+                    break;
+                }
+            }
+            assert_eq!(
+                result,
+                Err(DecodeError::TooLarge { limit }),
+                "pieces of {piece}"
+            );
+        }
+    }
+
     #[test]
     fn a_frame_exactly_at_the_limit_is_accepted() {
         let frame = b"SEND\n\nabcdef\0";
@@ -608,5 +641,135 @@ mod tests {
         assert_eq!(Version::negotiate(Some("1.1, 1.0")), Some(Version::V1_1));
         assert_eq!(Version::negotiate(None), Some(Version::V1_0));
         assert_eq!(Version::negotiate(Some("2.0")), None);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::fuzzing::{decode_stream, proptest_config};
+
+        fn version() -> impl Strategy<Value = Version> {
+            prop_oneof![
+                Just(Version::V1_0),
+                Just(Version::V1_1),
+                Just(Version::V1_2)
+            ]
+        }
+
+        /// A frame that `version` can carry: STOMP 1.0 cannot escape, so its header names have
+        /// no colon and nothing has a line end; 1.1 cannot escape a carriage return. `CONNECT`
+        /// frames are never escaped, whatever the version.
+        fn frame(version: Version) -> impl Strategy<Value = Frame> {
+            let command = prop_oneof![
+                3 => proptest::sample::select(&["SEND", "MESSAGE", "SUBSCRIBE", "ERROR", "RECEIPT"][..]),
+                1 => proptest::sample::select(&["CONNECT", "STOMP", "CONNECTED"][..]),
+            ];
+            (command, any::<bool>()).prop_flat_map(move |(command, empty_body)| {
+                let plain = version == Version::V1_0 || is_connect_like(command);
+                let (name, value) = if plain {
+                    ("[^:\\r\\n\\x00]{0,12}", "[^\\r\\n\\x00]{0,16}")
+                } else if version == Version::V1_1 {
+                    ("[^\\r]{0,12}", "[^\\r]{0,16}")
+                } else {
+                    (".{0,12}|[:\\\\\\r\\n]{1,4}", "(?s).{0,16}")
+                };
+                let header = (name, value)
+                    .prop_filter("content-length is the encoder's", |(n, _)| {
+                        n != "content-length"
+                    });
+                let body = if empty_body {
+                    Just(String::new()).boxed()
+                } else {
+                    any::<String>().boxed()
+                };
+                (proptest::collection::vec(header, 0..5), body).prop_map(move |(headers, body)| {
+                    Frame {
+                        command: command.to_owned(),
+                        headers,
+                        body: Bytes::from(body),
+                    }
+                })
+            })
+        }
+
+        /// What the decoder gives for an encoded frame: the frame, plus the content-length the
+        /// encoder adds to a non-empty body.
+        fn as_decoded(mut f: Frame) -> Frame {
+            if !f.body.is_empty() {
+                let len = f.body.len().to_string();
+                f = f.header("content-length", len);
+            }
+            f
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(256))]
+
+            #[test]
+            fn encode_then_decode_round_trips(
+                (version, frames) in version().prop_flat_map(|v| {
+                    (Just(v), proptest::collection::vec(frame(v), 1..4))
+                }),
+            ) {
+                let text: String = frames.iter().map(|f| f.encode(version)).collect();
+                let expected: Vec<Frame> = frames.into_iter().map(as_decoded).collect();
+                prop_assert_eq!(
+                    decode_stream([text.as_bytes()], text.len(), version),
+                    (expected, None)
+                );
+            }
+
+            /// However the transport cuts a stream (heart-beats between frames included), the
+            /// frames and the error that ends it are the same as for the stream in one piece.
+            #[test]
+            fn a_stream_split_anywhere_decodes_the_same(
+                (version, frames) in version().prop_flat_map(|v| {
+                    (Just(v), proptest::collection::vec(frame(v), 1..4))
+                }),
+                heartbeats in proptest::collection::vec(prop_oneof![Just(""), Just("\n"), Just("\r\n\n")], 4),
+                tail in proptest::collection::vec(any::<u8>(), 0..16),
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+                limit in prop_oneof![Just(usize::MAX), 16usize..256],
+            ) {
+                let mut stream = Vec::new();
+                for (f, hb) in frames.iter().zip(heartbeats.iter().cycle()) {
+                    stream.extend_from_slice(hb.as_bytes());
+                    stream.extend_from_slice(f.encode(version).as_bytes());
+                }
+                stream.extend(tail);
+                let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+                cuts.push(0);
+                cuts.push(stream.len());
+                cuts.sort_unstable();
+                let pieces = cuts.windows(2).map(|w| &stream[w[0]..w[1]]);
+                prop_assert_eq!(
+                    decode_stream(pieces, limit, version),
+                    decode_stream([&stream[..]], limit, version)
+                );
+            }
+
+            #[test]
+            fn encode_message_matches_the_generic_encoder_for_any_values(
+                version in version(),
+                destination in "(?s).{0,16}",
+                subscription in "(?s).{0,16}",
+                message_id in "(?s).{0,16}",
+                body in any::<String>(),
+            ) {
+                let generic = Frame::new("MESSAGE")
+                    .header("destination", destination.clone())
+                    .header("content-type", "application/json")
+                    .header("subscription", subscription.clone())
+                    .header("message-id", message_id.clone())
+                    .header("content-length", body.len().to_string())
+                    .body(body.clone())
+                    .encode(version);
+                prop_assert_eq!(
+                    encode_message(version, &destination, &subscription, &message_id, "application/json", &body),
+                    generic
+                );
+            }
+        }
     }
 }

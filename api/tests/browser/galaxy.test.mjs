@@ -1,7 +1,8 @@
 // Browser test of the page at `/`: headless Chromium (Debian's /usr/bin/chromium, driven by
 // playwright-core, which downloads no browser) loads the galaxy, two pages connect to the live
 // push, one posts a node as a guest, both see it arrive, and both see it turn from pending to
-// analysed (topic and emotion) when the pipeline's second event comes. Run by
+// analysed (topic and emotion) when the pipeline's second event comes, all without a single
+// Content-Security-Policy violation. Run by
 // hack/checks/browser.sh, which starts the AI server and the API and sets MUTR_URL.
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
@@ -31,8 +32,22 @@ try {
     const page = await context.newPage();
     page.setDefaultTimeout(TIMEOUT);
     page.on("pageerror", (err) => errors.push(err.message));
+    // The page must pass its own Content-Security-Policy: every violation (a blocked script,
+    // style, connection) is recorded from the first byte, and so is Chromium's console report.
+    await page.addInitScript(() => {
+      window.__cspViolations = [];
+      document.addEventListener("securitypolicyviolation", (e) =>
+        window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));
+    });
+    page.on("console", (msg) => {
+      const text = msg.text();
+      // The probe at the end violates the policy on purpose.
+      if (/Content.Security.Policy/i.test(text) && !text.includes("csp-probe.invalid")) errors.push(text);
+    });
     const response = await page.goto(base + "/");
     assert.equal(response.status(), 200);
+    const csp = response.headers()["content-security-policy"] || "";
+    assert.match(csp, /script-src 'self'/, "the page carries its policy");
     await page.waitForSelector('#live[data-state="live"]');
     return page;
   }
@@ -40,6 +55,8 @@ try {
   const poster = await openPage();
   const watcher = await openPage();
   assert.equal(await poster.title(), "MUTR galaxy");
+  // The stylesheet loaded (the page has no inline style left).
+  assert.equal(await poster.evaluate(() => getComputedStyle(document.body).backgroundColor), "rgb(5, 6, 13)");
   const before = Number(await watcher.textContent("#count"));
 
   const marker = `브라우저 시험 ${Date.now()}`;
@@ -79,7 +96,19 @@ try {
   await poster.click("#post");
   await poster.waitForFunction(() => document.querySelector("#error").textContent.length > 0);
 
-  assert.deepEqual(errors, [], "no script errors on the page");
+  for (const page of [poster, watcher]) {
+    assert.deepEqual(await page.evaluate(() => window.__cspViolations), [], "no CSP violations");
+  }
+  // The check above can fail: something the policy forbids is reported.
+  const probe = await poster.evaluate(() => new Promise((resolve) => {
+    document.addEventListener("securitypolicyviolation", (e) => resolve(e.violatedDirective), { once: true });
+    const img = document.createElement("img");
+    img.src = "http://csp-probe.invalid/x.png";
+    document.body.append(img);
+  }));
+  assert.match(probe, /img-src/);
+
+  assert.deepEqual(errors, [], "no script errors or CSP reports on the page");
   console.log("browser test passed: the posted node appeared live on both pages and turned analysed");
 } finally {
   await browser.close();
