@@ -56,6 +56,10 @@ struct Args {
     /// pgbench's average latency in ms, same run.
     #[arg(long)]
     pgbench_latency_ms: Option<f64>,
+    /// pgbench's average latency in ms with one client (one insert and its commit, nothing
+    /// queued): the floor under any write's latency on this database, same run.
+    #[arg(long)]
+    commit_floor_ms: Option<f64>,
     /// Length of each seed scenario (think time per user, as the old k6 runs).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
     seed_duration: Duration,
@@ -435,7 +439,7 @@ async fn grow_galaxy(database_url: &str, target: i64) -> anyhow::Result<()> {
     // The galaxy is only the clusters: the nodes the write phases stored sit densely in the
     // ±2000 cube, and how many there are depends on how fast writing was, which would make the
     // `/viz` figure depend on it too.
-    db.execute("TRUNCATE nodes").await?;
+    db.execute("TRUNCATE analysis_attempts, nodes").await?;
     if target <= 0 {
         return Ok(());
     }
@@ -577,6 +581,12 @@ async fn main() -> anyhow::Result<()> {
             args.seed_duration, args.think
         );
         seed_scenarios(&client, &tokens, args.seed_duration, args.think).await;
+        if let Some(floor) = args.commit_floor_ms {
+            println!(
+                "(the floor under a write: one pgbench client's insert and commit on the same \
+                 database, same run: {floor:.2} ms average)"
+            );
+        }
     }
 
     eprintln!(

@@ -66,6 +66,11 @@ pgbench -n -c "$pg_clients" -j 2 -T "$secs" -f "$workdir/insert.sql" "$db_url" >
 tps="$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$workdir/pgbench.log" | tail -n1)"
 lat="$(sed -nE 's/^latency average = ([0-9.]+) ms.*/\1/p' "$workdir/pgbench.log" | tail -n1)"
 [ -n "$tps" ] || { cat "$workdir/pgbench.log" >&2; die "could not read pgbench's tps"; }
+# The floor under any write's latency: one client, one insert and its commit at a time.
+log "baseline: pgbench, 1 client, single-row inserts for 10 s (the commit latency floor)"
+pgbench -n -c 1 -j 1 -T 10 -f "$workdir/insert.sql" "$db_url" >"$workdir/pgbench1.log" 2>&1 \
+    || { cat "$workdir/pgbench1.log" >&2; die "pgbench (1 client) failed"; }
+floor="$(sed -nE 's/^latency average = ([0-9.]+) ms.*/\1/p' "$workdir/pgbench1.log" | tail -n1)"
 psql -q "$db_url" -c "DROP TABLE bench_nodes" >/dev/null
 
 port="$(free_port 18090)"
@@ -84,5 +89,5 @@ log "load: write-heavy, mixed, then /viz at $galaxy nodes"
 DATABASE_URL="$db_url" "$LOAD" \
     --url "http://127.0.0.1:$port" --duration "$duration" \
     --write-users "$write_users" --mixed-users "$mixed_users" --galaxy-nodes "$galaxy" \
-    --pgbench-tps "$tps" --pgbench-latency-ms "${lat:-0}"
+    --pgbench-tps "$tps" --pgbench-latency-ms "${lat:-0}" ${floor:+--commit-floor-ms "$floor"}
 log "pgbench baseline: $pg_clients clients, $tps tps, average latency ${lat:-?} ms"
