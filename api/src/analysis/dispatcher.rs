@@ -733,8 +733,17 @@ impl Dispatcher {
                 }
                 let kept: std::collections::HashSet<i64> = kept.into_iter().collect();
                 if let Ok(mut h) = self.held.lock() {
-                    for (id, holding) in h.iter_mut() {
-                        if !kept.contains(id) && holding.stop.is_none() {
+                    // Only the claims this renewal asked about, under the same token: a claim
+                    // taken while it ran was not in the question, so its absence from the answer
+                    // says nothing (treating it as lost left it PROCESSING until its lease ran out).
+                    for (id, token) in &held {
+                        if kept.contains(id) {
+                            continue;
+                        }
+                        if let Some(holding) = h.get_mut(id)
+                            && holding.token == *token
+                            && holding.stop.is_none()
+                        {
                             tracing::warn!(node_id = id, "claim lost; stopping its analysis");
                             holding.stop = Some(Stop::Lost);
                             holding.cancel.cancel();
