@@ -27,6 +27,20 @@ apt_install() {
         || die "apt-get install ${pkgs[*]} failed"
 }
 
+# Creates database $1 on the server of $DATABASE_URL and prints its URL (same user, host and
+# query options). Drop it with drop_db.
+scratch_db() {
+    local base="${DATABASE_URL%%\?*}"
+    local query="${DATABASE_URL#"$base"}"
+    psql -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE $1" >/dev/null
+    echo "${base%/*}/$1$query"
+}
+
+# Drops database $1 from the server of $DATABASE_URL, connections and all; never fails.
+drop_db() {
+    psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null 2>&1 || true
+}
+
 # True when something accepts TCP connections on host:port.
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 

@@ -143,12 +143,7 @@ async fn redis_down_and_back_the_pod_stays_ready_and_keeps_writing(pool: PgPool)
 #[tokio::test]
 async fn postgresql_down_and_back_writes_get_503_and_the_pod_stays_ready() {
     let pg = PrivatePostgres::start().await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&pg.url())
-        .await
-        .expect("private PostgreSQL");
-    mutr_api::db::MIGRATOR.run(&pool).await.expect("migrations");
+    let pool = pg.migrated_pool().await;
     let ai = AiServer::start(&[]).await;
     let mut args = serve_args(
         &pool,

@@ -200,12 +200,7 @@ async fn the_ai_server_killed_and_restarted_fails_no_node(pool: PgPool) {
 #[tokio::test]
 async fn postgresql_restarted_mid_run_loses_nothing() {
     let pg = PrivatePostgres::start().await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&pg.url())
-        .await
-        .expect("private PostgreSQL");
-    mutr_api::db::MIGRATOR.run(&pool).await.expect("migrations");
+    let pool = pg.migrated_pool().await;
     let ai = AiServer::start(&[]).await;
     let pod = pods(&pg.url(), &common::redis_url());
     let a = pod(&ai.url(), "blue", "blue-a").start().await;

@@ -27,16 +27,13 @@ LOAD="$(cargo build -q --release -p mutr-api --bench load --message-format=json 
 [ -x "$LOAD" ] || die "could not build the load bench"
 
 db="mutr_bench_$$"
-url_base="${DATABASE_URL%%\?*}"
-url_query="${DATABASE_URL#"$url_base"}"
-db_url="${url_base%/*}/$db$url_query"
-psql -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
+db_url="$(scratch_db "$db")"
 
 workdir="$(mktemp -d)"
 api_pid=""
 cleanup() {
     if [ -n "$api_pid" ]; then kill -TERM "$api_pid" 2>/dev/null || true; wait "$api_pid" 2>/dev/null || true; fi
-    psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    drop_db "$db"
     rm -rf "$workdir"
 }
 trap cleanup EXIT

@@ -22,16 +22,13 @@ BENCH="$(cargo build -q --release -p mutr-api --bench pipeline --message-format=
 [ -x "$BENCH" ] || die "could not build the pipeline bench"
 
 db="mutr_bench_pipeline_$$"
-url_base="${DATABASE_URL%%\?*}"
-url_query="${DATABASE_URL#"$url_base"}"
-db_url="${url_base%/*}/$db$url_query"
-psql -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
+db_url="$(scratch_db "$db")"
 
 workdir="$(mktemp -d)"
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-    psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    drop_db "$db"
     rm -rf "$workdir"
 }
 trap cleanup EXIT

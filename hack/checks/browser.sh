@@ -23,18 +23,14 @@ AI_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/mutr-ai-server"
 
 # A fresh database on the same server, dropped on exit.
 db="mutr_browser_$$"
-admin_url="$DATABASE_URL"
-url_base="${DATABASE_URL%%\?*}"
-url_query="${DATABASE_URL#"$url_base"}"
-db_url="${url_base%/*}/$db$url_query"
-psql -q -v ON_ERROR_STOP=1 "$admin_url" -c "CREATE DATABASE $db" >/dev/null
+db_url="$(scratch_db "$db")"
 
 workdir="$(mktemp -d)"
 api_pid=""
 ai_pid=""
 cleanup() {
     for pid in $api_pid $ai_pid; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-    psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    drop_db "$db"
     rm -rf "$workdir"
 }
 trap cleanup EXIT

@@ -31,17 +31,13 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/mutr-api"
 
 # A fresh database on the same server, dropped on exit.
 db="mutr_schemathesis_$$"
-admin_url="$DATABASE_URL"
-url_base="${DATABASE_URL%%\?*}"
-url_query="${DATABASE_URL#"$url_base"}"
-db_url="${url_base%/*}/$db$url_query"
-psql -q -v ON_ERROR_STOP=1 "$admin_url" -c "CREATE DATABASE $db" >/dev/null
+db_url="$(scratch_db "$db")"
 
 workdir="$(mktemp -d)"
 api_pid=""
 cleanup() {
     if [ -n "$api_pid" ]; then kill -TERM "$api_pid" 2>/dev/null || true; wait "$api_pid" 2>/dev/null || true; fi
-    psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    drop_db "$db"
     rm -rf "$workdir"
 }
 trap cleanup EXIT

@@ -182,6 +182,17 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// A small pool on this server's database, with the migrations applied.
+    pub async fn migrated_pool(&self) -> sqlx::PgPool {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.url())
+            .await
+            .expect("private PostgreSQL");
+        mutr_api::db::MIGRATOR.run(&pool).await.expect("migrations");
+        pool
+    }
+
     /// Starts the server (again) and waits until it accepts connections. Commits are synchronous
     /// (a crash of the server process loses no acknowledged commit; only the machine's own crash
     /// could, and `fsync` is off for speed).
