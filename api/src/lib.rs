@@ -116,7 +116,10 @@ pub async fn serve(
         },
     )?;
     let node_writer = NodeWriter::start(
-        pool.clone(),
+        db::writer_pool(
+            &pool,
+            u32::try_from(args.node_writer.node_batch_concurrency).unwrap_or(u32::MAX),
+        ),
         Sinks {
             broadcaster,
             handoff: Arc::new(handoff),

@@ -30,6 +30,33 @@ pub fn pool(args: &DatabaseArgs) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(options.application_name("mutr-api")))
 }
 
+/// A pool of `connections` to the same database as `pool` for the node writer, whose one statement
+/// ([`nodes::create_many`]) reads `nodes` and `users` only by primary key: sequential scans are
+/// off on these connections (`enable_seqscan = off`), so its cached plan looks every row up
+/// through the index however small the tables were when the plan was made.
+///
+/// Why: `nodes` grows from empty to millions of rows within one process's life, and the generic
+/// plan PostgreSQL caches on each connection after five executions stays until the next
+/// `ANALYZE` of the table invalidates it. Planned while `nodes` held a few thousand rows, the
+/// statement joined by hash over sequential scans (cheapest then) and kept doing so as the table
+/// grew: 64 nodes into a 200,000-row table took 650 ms with the plan cached at 44 rows against
+/// 4-6 ms by index, and the API bench's node creation fell to a quarter of its rate once the seed
+/// scenarios had run on the fresh table first. The statement's look-ups are `LATERAL` subqueries
+/// with `LIMIT 1`, so they cannot become hash joins either. Planning every execution afresh
+/// (`plan_cache_mode = force_custom_plan`) fixed the plan too, but cost PostgreSQL about 1 ms per
+/// batch: a fifth of the machine's CPU in the write-heavy bench (`perf`, `standard_planner`).
+pub fn writer_pool(pool: &PgPool, connections: u32) -> PgPool {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("enable_seqscan", "off")]);
+    let template = pool.options();
+    PgPoolOptions::new()
+        .max_connections(connections.max(1))
+        .acquire_timeout(template.get_acquire_timeout())
+        .idle_timeout(template.get_idle_timeout())
+        .connect_lazy_with(options)
+}
+
 /// Database connection options shared by `serve` and `migrate`.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {

@@ -68,7 +68,10 @@ pub async fn create(db: impl PgExecutor<'_>, node: &NewNode<'_>) -> Result<Outco
 /// over all nodes, and inserts the nodes whose parent and author exist (root id, rounded position;
 /// a root is `ORIGIN` with score 0.0). Answers one [`Outcome`] per node, in the order given. A
 /// node whose parent or author is missing is skipped without failing the others; any error of the
-/// statement (a constraint, an invalid text) stores none of them.
+/// statement (a constraint, an invalid text) stores none of them. Every read of `nodes` and
+/// `users` is a `LATERAL` primary-key look-up with `LIMIT 1`, which no plan can turn into a hash
+/// join over the whole table; run it on [`super::writer_pool`], where no plan can turn it into a
+/// sequential scan either, whatever size the table had when the plan was cached.
 pub async fn create_many(
     db: impl PgExecutor<'_>,
     nodes: &[NewNode<'_>],
@@ -103,11 +106,15 @@ pub async fn create_many(
         parent AS MATERIALIZED (
             SELECT i.idx, p.id, p.parent_id, p.content, p.root_id, p.x, p.y, p.z, p.topic,
                    p.analysis_status
-            FROM input i JOIN nodes p ON p.id = i.parent_id
+            FROM input i CROSS JOIN LATERAL (
+                SELECT * FROM nodes p WHERE p.id = i.parent_id LIMIT 1
+            ) p
             WHERE i.has_parent
         ),
         author AS MATERIALIZED (
-            SELECT i.idx FROM input i JOIN users u ON u.id = i.author_id
+            SELECT i.idx FROM input i CROSS JOIN LATERAL (
+                SELECT u.role, u.guest_token_hash FROM users u WHERE u.id = i.author_id LIMIT 1
+            ) u
             WHERE NOT i.is_guest
                OR (u.role = 'ROLE_GUEST' AND u.guest_token_hash = i.token_hash)
         ),
@@ -124,7 +131,10 @@ pub async fn create_many(
           UNION ALL
             SELECT w.idx, n.id, n.parent_id, n.content, n.topic, w.depth + 1,
                    w.acc_before + char_length(w.content)
-            FROM walk w JOIN nodes n ON n.id = w.parent_id
+            FROM walk w CROSS JOIN LATERAL (
+                SELECT n.id, n.parent_id, n.content, n.topic FROM nodes n
+                WHERE n.id = w.parent_id LIMIT 1
+            ) n
             WHERE w.acc_before < $11
         ),
         win AS (
@@ -203,7 +213,9 @@ pub async fn create_many(
 
 /// The lineage window of a stored node whose text is `own` and whose parent is `parent_id` (none
 /// for a root), for recovery (creation computes it in [`create`]): one recursive CTE walks from the parent towards the root while fewer than 500
-/// characters were walked, and also returns the topic just before the window.
+/// characters were walked, and also returns the topic just before the window. Each step is a
+/// `LATERAL` primary-key look-up, so a plan cached while `nodes` was small cannot turn the walk
+/// into a hash join over the whole table (see [`super::writer_pool`]).
 pub async fn lineage(
     db: impl PgExecutor<'_>,
     own: &str,
@@ -219,7 +231,10 @@ pub async fn lineage(
           UNION ALL
             SELECT p.id, p.parent_id, p.content, p.topic, w.depth + 1,
                    w.acc_before + char_length(w.content)
-            FROM walk w JOIN nodes p ON p.id = w.parent_id
+            FROM walk w CROSS JOIN LATERAL (
+                SELECT p.id, p.parent_id, p.content, p.topic FROM nodes p
+                WHERE p.id = w.parent_id LIMIT 1
+            ) p
             WHERE w.acc_before < $3
         )
         SELECT
