@@ -44,7 +44,10 @@ use crate::{
 pub struct Settings {
     /// Who claims.
     pub owner: Owner,
-    /// Nodes analysed at once.
+    /// AI calls in flight at once (`MUTR_ANALYSIS_CONCURRENCY`). Twice as many workers hold
+    /// claims, so that while one worker stores a result and releases its children, another has
+    /// its claim and lineage ready and takes the freed AI slot at once: the AI server sees
+    /// `concurrency` calls whenever there is work, not `concurrency` minus the ones between calls.
     pub concurrency: usize,
     /// How long a claim lasts without renewal.
     pub lease: Duration,
@@ -102,8 +105,12 @@ pub struct Dispatcher {
     pub(super) settings: Settings,
     /// Claims held here, by node id.
     held: Mutex<HashMap<i64, Holding>>,
-    /// Free worker slots.
+    /// Free worker slots: a worker holds one from before its claim to after its result is stored.
     pub(super) workers: Arc<Semaphore>,
+    /// How many worker slots there are.
+    worker_count: usize,
+    /// Free AI call slots: held only for the call itself.
+    ai_calls: Semaphore,
     /// Ready nodes waiting for a worker.
     ready: mpsc::Sender<Job>,
     /// Whether this pod's colour may claim.
@@ -158,7 +165,9 @@ impl Dispatcher {
     /// A dispatcher and the receiving end of its ready queue (of `queue` jobs), for [`run`].
     pub fn new(parts: Parts, queue: usize) -> (Arc<Self>, mpsc::Receiver<Job>) {
         let (ready, jobs) = mpsc::channel(queue.max(1));
-        let workers = Arc::new(Semaphore::new(parts.settings.concurrency.max(1)));
+        let worker_count = workers_for(parts.settings.concurrency);
+        let workers = Arc::new(Semaphore::new(worker_count));
+        let ai_calls = Semaphore::new(parts.settings.concurrency.max(1));
         let dispatcher = Arc::new(Self {
             pool: parts.pool,
             renewals: parts.renewals,
@@ -168,6 +177,8 @@ impl Dispatcher {
             settings: parts.settings,
             held: Mutex::new(HashMap::new()),
             workers,
+            worker_count,
+            ai_calls,
             ready,
             claiming: parts.claiming,
             ai_health: parts.ai_health.subscribe(),
@@ -550,12 +561,21 @@ impl Dispatcher {
         };
         let mut delays = self.settings.retry.delays();
         let status = loop {
+            // An AI slot for the call only: not while claiming, storing or backing off.
+            let slot = tokio::select! {
+                slot = self.ai_calls.acquire() => slot,
+                () = cancel.cancelled() => return Outcome::Stopped,
+            };
+            let Ok(ai_slot) = slot else {
+                return Outcome::Stopped;
+            };
             let call = self.ai.analyze(request.clone());
             let sent = Instant::now();
             let answer = tokio::select! {
                 answer = call => answer,
                 () = cancel.cancelled() => return Outcome::Stopped,
             };
+            drop(ai_slot);
             let took = sent.elapsed();
             self.record_call(claim.node_id, took);
             metrics::histogram!("mutr_analysis_ai_call_seconds").record(took.as_secs_f64());
@@ -733,17 +753,13 @@ impl Dispatcher {
                 }
                 let kept: std::collections::HashSet<i64> = kept.into_iter().collect();
                 if let Ok(mut h) = self.held.lock() {
-                    // Only the claims this renewal asked about, under the same token: a claim
-                    // taken while it ran was not in the question, so its absence from the answer
-                    // says nothing (treating it as lost left it PROCESSING until its lease ran out).
-                    for (id, token) in &held {
-                        if kept.contains(id) {
-                            continue;
-                        }
-                        if let Some(holding) = h.get_mut(id)
-                            && holding.token == *token
-                            && holding.stop.is_none()
-                        {
+                    let now: Vec<(i64, i64)> = h
+                        .iter()
+                        .filter(|(_, holding)| holding.stop.is_none())
+                        .map(|(id, holding)| (*id, holding.token))
+                        .collect();
+                    for id in lost_in_renewal(&held, &kept, &now) {
+                        if let Some(holding) = h.get_mut(&id) {
                             tracing::warn!(node_id = id, "claim lost; stopping its analysis");
                             holding.stop = Some(Stop::Lost);
                             holding.cancel.cancel();
@@ -760,7 +776,7 @@ impl Dispatcher {
     /// to after its result is stored, so all slots free means nothing is in flight.
     pub async fn drain(&self, timeout: Duration) {
         self.stopping.cancel();
-        let all = u32::try_from(self.settings.concurrency.max(1)).unwrap_or(u32::MAX);
+        let all = u32::try_from(self.worker_count).unwrap_or(u32::MAX);
         let idle = tokio::time::timeout(timeout, self.workers.acquire_many(all)).await;
         if idle.is_err() {
             tracing::warn!(
@@ -785,6 +801,30 @@ impl Dispatcher {
         };
         self.give_back(&rest, "drained").await;
     }
+}
+
+/// The claims a lease renewal found lost: those it `asked` about (node, token) that PostgreSQL did
+/// not `kept`, and that are still held `now` under the same token and not already stopping. A
+/// claim taken while the renewal ran was not in the question, so its absence from the answer says
+/// nothing (treating it as lost once left it `PROCESSING` until its lease ran out); a node claimed
+/// again under a new token meanwhile is a new claim, not the one asked about.
+fn lost_in_renewal(
+    asked: &[(i64, i64)],
+    kept: &std::collections::HashSet<i64>,
+    now: &[(i64, i64)],
+) -> Vec<i64> {
+    let now: HashMap<i64, i64> = now.iter().copied().collect();
+    asked
+        .iter()
+        .filter(|(id, token)| !kept.contains(id) && now.get(id) == Some(token))
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// Worker slots for `concurrency` AI calls in flight: two per call (one calling, one claiming
+/// or storing around it).
+fn workers_for(concurrency: usize) -> usize {
+    concurrency.max(1).saturating_mul(2)
 }
 
 enum Outcome {
@@ -918,5 +958,49 @@ pub async fn renew_leases(dispatcher: Arc<Dispatcher>, stop: CancellationToken) 
             _ = tick.tick() => dispatcher.renew().await,
             () = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::{lost_in_renewal, workers_for};
+
+    #[test]
+    fn a_renewal_judges_only_the_claims_it_asked_about() {
+        // Asked about nodes 1 and 2 (tokens 10, 20); PostgreSQL kept 1. Meanwhile node 3 was
+        // claimed (token 30) and node 2 is still held under token 20.
+        let asked = [(1, 10), (2, 20)];
+        let kept: HashSet<i64> = [1].into();
+        let now = [(1, 10), (2, 20), (3, 30)];
+        assert_eq!(lost_in_renewal(&asked, &kept, &now), vec![2]);
+    }
+
+    #[test]
+    fn a_claim_taken_while_the_renewal_ran_is_not_lost() {
+        // The bug the pipeline bench found: the snapshot was taken, a sweep claimed node 3, and
+        // the renewal's answer (which cannot mention node 3) made it look lost.
+        let asked = [(1, 10)];
+        let kept: HashSet<i64> = [1].into();
+        let now = [(1, 10), (3, 30)];
+        assert!(lost_in_renewal(&asked, &kept, &now).is_empty());
+    }
+
+    #[test]
+    fn a_node_claimed_again_under_a_new_token_is_a_new_claim() {
+        // Node 2's claim (token 20) ended and the node was claimed again (token 21) while the
+        // renewal ran: the renewal's verdict on token 20 does not touch token 21.
+        let asked = [(2, 20)];
+        let kept = HashSet::new();
+        assert!(lost_in_renewal(&asked, &kept, &[(2, 21)]).is_empty());
+        // And a claim that ended meanwhile is not held any more: nothing to stop.
+        assert!(lost_in_renewal(&asked, &kept, &[]).is_empty());
+    }
+
+    #[test]
+    fn workers_overlap_the_ai_calls() {
+        assert_eq!(workers_for(0), 2);
+        assert_eq!(workers_for(4), 8);
     }
 }

@@ -64,8 +64,9 @@ pub struct AnalysisArgs {
     #[arg(long, env = "MUTR_POD_NAME", default_value_t = default_pod_name())]
     pub pod_name: String,
 
-    /// Nodes analysed at once by this pod (AI calls in flight). Size it to the AI server's
-    /// `--parallel` times its replicas, divided by the API replicas of the colour.
+    /// AI calls in flight from this pod. Size it to the AI server's `--parallel` times its
+    /// replicas, divided by the API replicas of the colour. Twice as many claims are worked at
+    /// once, so that claiming and storing overlap the calls.
     #[arg(long, env = "MUTR_ANALYSIS_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub analysis_concurrency: u32,
 
