@@ -57,11 +57,15 @@ struct Args {
     /// The `mutr-api` binary, for the recovery phase.
     #[arg(long)]
     api_bin: String,
+    /// The AI server's Prometheus endpoint: what each half of the throughput phase cost it.
+    #[arg(long)]
+    ai_metrics_url: Option<String>,
     /// AI calls in flight: the API's `MUTR_ANALYSIS_CONCURRENCY`, and the direct baseline's.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Nodes of the throughput phase.
-    #[arg(long, default_value_t = 400)]
+    /// Nodes of the throughput phase (each side takes 10-15 s at the default, so the ramp at the
+    /// start and the last poll at the end weigh little).
+    #[arg(long, default_value_t = 1000)]
     nodes: usize,
     /// Nodes of the overhead phase (one at a time).
     #[arg(long, default_value_t = 60)]
@@ -164,12 +168,63 @@ async fn post(
     body["data"]["id"].as_i64().context("no node id")
 }
 
+/// The AI server's counters and histogram sums, by series (name and labels).
+async fn ai_metrics(url: Option<&str>) -> HashMap<String, f64> {
+    let Some(url) = url else {
+        return HashMap::new();
+    };
+    let Ok(body) = async { reqwest::get(url).await?.text().await }.await else {
+        return HashMap::new();
+    };
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What the AI server did between two scrapes, per request: the work each request cost
+/// (prompt tokens fed, decode steps, filler) and how full its decode steps were.
+fn ai_cost(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> Option<String> {
+    // A series counts when its name is `name` and it carries every label of `labels`.
+    let delta = |name: &str, labels: &[&str]| -> f64 {
+        after
+            .iter()
+            .filter(|(k, _)| {
+                k.split(['{', ' ']).next() == Some(name) && labels.iter().all(|l| k.contains(l))
+            })
+            .map(|(k, v)| v - before.get(k).copied().unwrap_or(0.0))
+            .sum()
+    };
+    let requests = delta("mutr_ai_requests_total", &[]);
+    if requests <= 0.0 {
+        return None;
+    }
+    let generate_decode = ["phase=\"decode\"", "worker=\"generate\""];
+    let steps = delta("mutr_ai_batch_sequences_count", &generate_decode);
+    let stepped = delta("mutr_ai_batch_sequences_sum", &generate_decode);
+    Some(format!(
+        "{requests:.0} requests; per request {:.1} prompt + {:.1} step tokens, {:.2} filler; \
+         {:.2} sequences per generative decode step over {steps:.0} steps",
+        delta("mutr_ai_sequence_tokens_total", &["phase=\"prompt\""]) / requests,
+        delta("mutr_ai_sequence_tokens_total", &["phase=\"step\""]) / requests,
+        delta("mutr_ai_filler_tokens_total", &[]) / requests,
+        if steps > 0.0 { stepped / steps } else { 0.0 },
+    ))
+}
+
 /// Phase 1: the same requests directly to the AI server, then as nodes through the API.
 async fn throughput(args: &Args, pool: &PgPool, lines: &mut Vec<Line>) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(12);
-    let direct_texts: Vec<String> = (0..args.nodes).map(|n| text(&mut rng, n)).collect();
-    let api_texts: Vec<String> = (0..args.nodes)
+    // Unique numbers of the same length on both sides, so that both send as many tokens (a
+    // 7-digit number is seven tokens more than a 1-digit one, twice per request).
+    let direct_texts: Vec<String> = (0..args.nodes)
         .map(|n| text(&mut rng, 1_000_000 + n))
+        .collect();
+    let api_texts: Vec<String> = (0..args.nodes)
+        .map(|n| text(&mut rng, 2_000_000 + n))
         .collect();
 
     let channel = tonic::transport::Endpoint::from_shared(args.ai_url.clone())?
@@ -177,6 +232,8 @@ async fn throughput(args: &Args, pool: &PgPool, lines: &mut Vec<Line>) -> anyhow
         .await
         .context("AI server")?;
     let client = AnalysisServiceClient::new(channel);
+    let metrics_url = args.ai_metrics_url.as_deref();
+    let ai_before = ai_metrics(metrics_url).await;
     let started = Instant::now();
     let latencies: Vec<f64> = stream::iter(direct_texts)
         .map(|content| {
@@ -210,6 +267,10 @@ async fn throughput(args: &Args, pool: &PgPool, lines: &mut Vec<Line>) -> anyhow
         args.concurrency,
         percentile(&direct, 50.0)
     );
+    let ai_between = ai_metrics(metrics_url).await;
+    if let Some(cost) = ai_cost(&ai_before, &ai_between) {
+        eprintln!("AI server, direct: {cost}");
+    }
 
     let http = reqwest::Client::new();
     let posters = 8;
@@ -217,10 +278,13 @@ async fn throughput(args: &Args, pool: &PgPool, lines: &mut Vec<Line>) -> anyhow
     for _ in 0..posters {
         tokens.push(guest(&http, &args.api_url).await?);
     }
-    let before: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM nodes WHERE analysis_status = 'COMPLETED'")
-            .fetch_one(pool)
-            .await?;
+    // The end is read from PostgreSQL (the last completion's `updated_at`, against the database's
+    // clock at the start), so the wait below can poll lazily: a poll every 20 ms cost the
+    // machine the AI server runs on a query 50 times a second, a load the direct baseline does
+    // not carry. The poll counts the unfinished nodes through their partial index.
+    let db_started: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(pool)
+        .await?;
     let started = Instant::now();
     let ids: Vec<i64> = stream::iter(api_texts.into_iter().enumerate())
         .map(|(i, content)| {
@@ -237,14 +301,13 @@ async fn throughput(args: &Args, pool: &PgPool, lines: &mut Vec<Line>) -> anyhow
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
     let posted = started.elapsed().as_secs_f64();
-    let want = before + ids.len() as i64;
     loop {
-        let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM nodes WHERE analysis_status IN ('COMPLETED', 'FAILED')",
+        let unfinished: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM nodes WHERE analysis_status IN ('PENDING', 'PROCESSING')",
         )
         .fetch_one(pool)
         .await?;
-        if done >= want {
+        if unfinished == 0 {
             break;
         }
         if started.elapsed() > Duration::from_secs(600) {
@@ -253,14 +316,22 @@ async fn throughput(args: &Args, pool: &PgPool, lines: &mut Vec<Line>) -> anyhow
                 ids.len()
             );
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let e2e_secs = started.elapsed().as_secs_f64();
+    let last: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT max(updated_at) FROM nodes WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_one(pool)
+            .await?;
+    let e2e_secs = (last - db_started).as_seconds_f64();
     let e2e_rate = ids.len() as f64 / e2e_secs;
     eprintln!(
         "through the API: {} nodes posted in {posted:.1} s, all analysed after {e2e_secs:.1} s",
         ids.len()
     );
+    if let Some(cost) = ai_cost(&ai_between, &ai_metrics(metrics_url).await) {
+        eprintln!("AI server, through the API: {cost}");
+    }
     lines.push(Line {
         what: format!(
             "analyses/s through the API ({} nodes, concurrency {})",
