@@ -199,6 +199,11 @@ impl Dispatcher {
             && !self.stopping.is_cancelled()
     }
 
+    /// Whether `node` is claimed here (queued or being analysed).
+    fn holds(&self, node: i64) -> bool {
+        self.held.lock().is_ok_and(|h| h.contains_key(&node))
+    }
+
     /// Claims held here now.
     pub fn held_count(&self) -> usize {
         self.held.lock().map(|h| h.len()).unwrap_or_default()
@@ -327,6 +332,12 @@ impl Dispatcher {
                 // The AI server may have gone down, or the colour become inactive, while the job
                 // waited for its slot: a claim now would only be handed back.
                 if !self.may_claim() {
+                    return;
+                }
+                // A sweep claimed it while this job waited in the queue (the sweep takes the
+                // oldest unclaimed nodes, and queued ones are unclaimed): its claim is queued or
+                // being analysed here already, so a claim now would only fail.
+                if self.holds(node_id) {
                     return;
                 }
                 match claims::claim_one(

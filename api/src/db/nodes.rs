@@ -740,4 +740,61 @@ mod tests {
         let plan = plan.join("\n");
         assert!(plan.contains("nodes_xyz"), "{plan}");
     }
+
+    /// The node writer's statement, on the writer's own connections, runs one cached plan from
+    /// the first execution (never planned again per batch) and that plan reads `nodes` and
+    /// `users` by index only, although it was made on an empty table, where sequential scans and
+    /// hash joins would be cheapest.
+    #[sqlx::test]
+    async fn the_writer_runs_one_cached_plan_that_reads_by_index(pool: PgPool) {
+        let a = author(&pool).await;
+        let writer = crate::db::writer_pool(&pool, 1);
+        let mut conn = writer.acquire().await.unwrap();
+        for i in 0..3 {
+            let text = format!("node {i}");
+            let outcomes = create_many(&mut *conn, &[new_node(&text, a, None, None)])
+                .await
+                .unwrap();
+            assert!(matches!(outcomes[0], Outcome::Created(_)), "{outcomes:?}");
+        }
+        let (statement, params, generic, custom): (String, i64, i64, i64) = sqlx::query_as(
+            "SELECT statement, cardinality(parameter_types)::bigint, generic_plans, custom_plans
+             FROM pg_prepared_statements WHERE statement LIKE '%INSERT INTO nodes%'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!((generic, custom), (3, 0), "plans of the writer's statement");
+
+        // The same text, prepared again on this connection: EXPLAIN shows the plan the writer runs.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE writer_plan AS {statement}")))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let nulls = vec!["NULL"; usize::try_from(params).unwrap()].join(", ");
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN EXECUTE writer_plan({nulls})"
+        )))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        // Hash joins between the statement's own CTEs are fine; every read of a table is a
+        // primary-key look-up.
+        let reads: Vec<&str> = plan
+            .lines()
+            .map(str::trim_start)
+            .map(|l| l.trim_start_matches("->  "))
+            .filter(|l| l.contains(" on nodes ") || l.contains(" on users "))
+            .filter(|l| !l.starts_with("Insert on "))
+            .collect();
+        assert!(!reads.is_empty(), "{plan}");
+        for read in reads {
+            assert!(
+                read.starts_with("Index Scan using nodes_pkey")
+                    || read.starts_with("Index Scan using users_pkey"),
+                "not a primary-key look-up: {read}\n{plan}"
+            );
+        }
+    }
 }
