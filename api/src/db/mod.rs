@@ -53,12 +53,10 @@ pub fn pool(args: &DatabaseArgs) -> Result<PgPool, sqlx::Error> {
 /// pipeline bench, whose eight posters make such batches, planned 674 of 670 executions
 /// (`pg_stat_statements`: 0.64 ms planning against 0.30 ms executing each).
 pub fn writer_pool(pool: &PgPool, connections: u32) -> PgPool {
-    let options = (*pool.connect_options())
-        .clone()
-        .options([
-            ("enable_seqscan", "off"),
-            ("plan_cache_mode", "force_generic_plan"),
-        ]);
+    let options = (*pool.connect_options()).clone().options([
+        ("enable_seqscan", "off"),
+        ("plan_cache_mode", "force_generic_plan"),
+    ]);
     let template = pool.options();
     PgPoolOptions::new()
         .max_connections(connections.max(1))

@@ -767,17 +767,19 @@ mod tests {
         assert_eq!((generic, custom), (3, 0), "plans of the writer's statement");
 
         // The same text, prepared again on this connection: EXPLAIN shows the plan the writer runs.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE writer_plan AS {statement}")))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PREPARE writer_plan AS {statement}"
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
         let nulls = vec!["NULL"; usize::try_from(params).unwrap()].join(", ");
         let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "EXPLAIN EXECUTE writer_plan({nulls})"
         )))
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap();
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
         let plan = plan.join("\n");
         // Hash joins between the statement's own CTEs are fine; every read of a table is a
         // primary-key look-up.
