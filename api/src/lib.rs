@@ -119,6 +119,7 @@ pub async fn serve(
         db::writer_pool(
             &pool,
             u32::try_from(args.node_writer.node_batch_concurrency).unwrap_or(u32::MAX),
+            args.database.db_ping_idle_after,
         ),
         Sinks {
             broadcaster,

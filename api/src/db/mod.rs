@@ -23,11 +23,32 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 /// Opens the pool described by `args` (lazily: the first query connects).
 pub fn pool(args: &DatabaseArgs) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = args.database_url.expose().parse()?;
-    Ok(PgPoolOptions::new()
-        .max_connections(args.db_max_connections)
-        .acquire_timeout(args.db_acquire_timeout)
-        .idle_timeout(Some(Duration::from_secs(300)))
-        .connect_lazy_with(options.application_name("mutr-api")))
+    Ok(
+        ping_when_idle(PgPoolOptions::new(), args.db_ping_idle_after)
+            .max_connections(args.db_max_connections)
+            .acquire_timeout(args.db_acquire_timeout)
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .connect_lazy_with(options.application_name("mutr-api")),
+    )
+}
+
+/// Checks a pooled connection with a round trip before handing it out only when it has been idle
+/// for `after` or longer. sqlx's default (`test_before_acquire`) pings every time, which made each
+/// statement three round trips (sqlx also pings on every release): one claim or completion of the
+/// pipeline, one `/viz` read. A connection that broke while it was in use is closed on release
+/// (that ping fails); one idle for less than `after` was in use then, so it can only have broken
+/// during the last `after`, and a PostgreSQL restart takes longer than the default second.
+fn ping_when_idle(options: PgPoolOptions, after: Duration) -> PgPoolOptions {
+    options
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= after {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// A pool of `connections` to the same database as `pool` for the node writer, whose one statement
@@ -52,13 +73,13 @@ pub fn pool(args: &DatabaseArgs) -> Result<PgPool, sqlx::Error> {
 /// know the array's length), and for batches of one or two nodes it keeps planning afresh. The
 /// pipeline bench, whose eight posters make such batches, planned 674 of 670 executions
 /// (`pg_stat_statements`: 0.64 ms planning against 0.30 ms executing each).
-pub fn writer_pool(pool: &PgPool, connections: u32) -> PgPool {
+pub fn writer_pool(pool: &PgPool, connections: u32, ping_idle_after: Duration) -> PgPool {
     let options = (*pool.connect_options()).clone().options([
         ("enable_seqscan", "off"),
         ("plan_cache_mode", "force_generic_plan"),
     ]);
     let template = pool.options();
-    PgPoolOptions::new()
+    ping_when_idle(PgPoolOptions::new(), ping_idle_after)
         .max_connections(connections.max(1))
         .acquire_timeout(template.get_acquire_timeout())
         .idle_timeout(template.get_idle_timeout())
@@ -79,4 +100,64 @@ pub struct DatabaseArgs {
     /// How long a request waits for a free database connection before it fails.
     #[arg(long, env = "MUTR_DB_ACQUIRE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
     pub db_acquire_timeout: Duration,
+
+    /// A pooled connection idle for this long or longer is checked with a round trip before it
+    /// is used (0s: every time).
+    #[arg(long, env = "MUTR_DB_PING_IDLE_AFTER", value_parser = humantime::parse_duration, default_value = "1s")]
+    pub db_ping_idle_after: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool on `pool`'s database with one connection, checked when idle `after` or longer.
+    fn one_connection(pool: &PgPool, after: Duration) -> PgPool {
+        ping_when_idle(PgPoolOptions::new(), after)
+            .max_connections(1)
+            .connect_lazy_with((*pool.connect_options()).clone())
+    }
+
+    async fn backend(pool: &PgPool) -> Result<i32, sqlx::Error> {
+        sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(pool)
+            .await
+    }
+
+    async fn terminate(admin: &PgPool, pid: i32) {
+        let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+            .bind(pid)
+            .fetch_one(admin)
+            .await
+            .unwrap();
+        assert!(done);
+    }
+
+    /// A connection that the server closed while it sat idle past the threshold is found out
+    /// before use, and the statement runs on a new one: no error reaches the caller.
+    #[sqlx::test]
+    async fn a_connection_idle_past_the_threshold_is_checked_before_use(admin: PgPool) {
+        let pool = one_connection(&admin, Duration::from_millis(50));
+        let first = backend(&pool).await.unwrap();
+        terminate(&admin, first).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = backend(&pool).await.expect("a fresh connection");
+        assert_ne!(first, second);
+    }
+
+    /// The trade-off, pinned: a connection back in the pool for less than the threshold is used
+    /// unchecked, so one the server closed within that time fails one statement, and the pool
+    /// replaces it for the next.
+    #[sqlx::test]
+    async fn a_connection_used_within_the_threshold_is_not_checked(admin: PgPool) {
+        let pool = one_connection(&admin, Duration::from_secs(3600));
+        let first = backend(&pool).await.unwrap();
+        terminate(&admin, first).await;
+        assert!(
+            backend(&pool).await.is_err(),
+            "the closed connection was used"
+        );
+        let second = backend(&pool).await.expect("a fresh connection");
+        assert_ne!(first, second);
+    }
 }

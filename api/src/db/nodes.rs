@@ -748,7 +748,7 @@ mod tests {
     #[sqlx::test]
     async fn the_writer_runs_one_cached_plan_that_reads_by_index(pool: PgPool) {
         let a = author(&pool).await;
-        let writer = crate::db::writer_pool(&pool, 1);
+        let writer = crate::db::writer_pool(&pool, 1, std::time::Duration::from_secs(1));
         let mut conn = writer.acquire().await.unwrap();
         for i in 0..3 {
             let text = format!("node {i}");
