@@ -124,6 +124,18 @@ mod tests {
             .await
     }
 
+    /// Waits until the connection is back in the pool (sqlx pings it on release, in a task of its
+    /// own; a server-side close before that ping would be caught by it instead).
+    async fn back_in_pool(pool: &PgPool) {
+        for _ in 0..500 {
+            if pool.num_idle() == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("the connection did not come back to the pool");
+    }
+
     async fn terminate(admin: &PgPool, pid: i32) {
         let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
             .bind(pid)
@@ -139,6 +151,7 @@ mod tests {
     async fn a_connection_idle_past_the_threshold_is_checked_before_use(admin: PgPool) {
         let pool = one_connection(&admin, Duration::from_millis(50));
         let first = backend(&pool).await.unwrap();
+        back_in_pool(&pool).await;
         terminate(&admin, first).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         let second = backend(&pool).await.expect("a fresh connection");
@@ -152,6 +165,7 @@ mod tests {
     async fn a_connection_used_within_the_threshold_is_not_checked(admin: PgPool) {
         let pool = one_connection(&admin, Duration::from_secs(3600));
         let first = backend(&pool).await.unwrap();
+        back_in_pool(&pool).await;
         terminate(&admin, first).await;
         assert!(
             backend(&pool).await.is_err(),
