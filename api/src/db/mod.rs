@@ -136,23 +136,26 @@ mod tests {
         panic!("the connection did not come back to the pool");
     }
 
-    async fn terminate(admin: &PgPool, pid: i32) {
+    /// A one-connection pool checked when idle `after` or longer, whose connection the server
+    /// closed while it sat idle in the pool; and that connection's backend pid.
+    async fn closed_while_idle(admin: &PgPool, after: Duration) -> (PgPool, i32) {
+        let pool = one_connection(admin, after);
+        let pid = backend(&pool).await.unwrap();
+        back_in_pool(&pool).await;
         let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
             .bind(pid)
             .fetch_one(admin)
             .await
             .unwrap();
         assert!(done);
+        (pool, pid)
     }
 
     /// A connection that the server closed while it sat idle past the threshold is found out
     /// before use, and the statement runs on a new one: no error reaches the caller.
     #[sqlx::test]
     async fn a_connection_idle_past_the_threshold_is_checked_before_use(admin: PgPool) {
-        let pool = one_connection(&admin, Duration::from_millis(50));
-        let first = backend(&pool).await.unwrap();
-        back_in_pool(&pool).await;
-        terminate(&admin, first).await;
+        let (pool, first) = closed_while_idle(&admin, Duration::from_millis(50)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         let second = backend(&pool).await.expect("a fresh connection");
         assert_ne!(first, second);
@@ -163,10 +166,7 @@ mod tests {
     /// replaces it for the next.
     #[sqlx::test]
     async fn a_connection_used_within_the_threshold_is_not_checked(admin: PgPool) {
-        let pool = one_connection(&admin, Duration::from_secs(3600));
-        let first = backend(&pool).await.unwrap();
-        back_in_pool(&pool).await;
-        terminate(&admin, first).await;
+        let (pool, first) = closed_while_idle(&admin, Duration::from_secs(3600)).await;
         assert!(
             backend(&pool).await.is_err(),
             "the closed connection was used"
