@@ -143,6 +143,62 @@ async fn soak_twenty_clients_growing_forests(pool: PgPool) {
     s.stop().await;
 }
 
+/// Ready nodes that queue up behind busy workers are claimed many to a statement by the worker
+/// loop, not one statement each, and every invariant still holds: parents before children (the
+/// children are released into the same queue as their parents end), no node analysed twice, each
+/// child against its parent's stored topic.
+#[sqlx::test]
+async fn a_backlog_is_claimed_in_batches(pool: PgPool) {
+    let ai = AiServer::start(&[]).await;
+    // One AI call at a time so that a queue builds, and no periodic sweep to take it first.
+    let s = TestServer::start_with_ai(
+        pool,
+        &ai.url(),
+        &[
+            "--analysis-concurrency",
+            "1",
+            "--analysis-sweep-interval",
+            "1h",
+        ],
+    )
+    .await;
+    let (token, _) = s.guest().await;
+    let roots = futures::future::join_all(
+        (0..10).map(|i| s.post_node(&token, json!({"content": format!("backlog root {i}")}))),
+    )
+    .await;
+    let mut root_ids = Vec::new();
+    for r in roots {
+        root_ids.push(ok(r).await["id"].as_i64().unwrap());
+    }
+    let children = futures::future::join_all(root_ids.iter().flat_map(|&parent| {
+        (0..2).map(move |i| (parent, i)).map(|(parent, i)| {
+            s.post_node(
+                &token,
+                json!({"content": format!("child {i} of {parent}"), "parentId": parent}),
+            )
+        })
+    }))
+    .await;
+    for r in children {
+        ok(r).await;
+    }
+    invariants::wait_all_ended(&s.pool, Duration::from_secs(60)).await;
+    let ended = invariants::check(&s.pool).await;
+    assert_eq!(ended.completed, 30, "{ended:?}");
+    let metrics = s.metrics().await;
+    let ahead: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mutr_analysis_claimed_ahead_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        ahead >= 10.0,
+        "only {ahead} of 30 nodes were claimed in batches, though they queued behind one worker"
+    );
+    s.stop().await;
+}
+
 /// A node the AI server refuses (INVALID_ARGUMENT: longer than it accepts) ends FAILED with the
 /// reason at once, without retries, and its children are released and analysed.
 #[sqlx::test]

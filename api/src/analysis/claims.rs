@@ -182,28 +182,27 @@ pub async fn claim_one(
     Ok(row.map(Into::into))
 }
 
-/// Claims up to `limit` nodes that are ready and held by nobody, oldest first: `PENDING`, or
-/// `PROCESSING` with an expired lease, whose parent has ended. Rows another transaction has
-/// locked are skipped (`FOR UPDATE SKIP LOCKED`), so replicas sweeping at once never take the same
-/// node. Nothing when `owner`'s colour may not claim.
-pub async fn claim_ready(
-    db: impl PgExecutor<'_>,
-    owner: &Owner,
-    lease: Duration,
-    limit: i64,
-) -> Result<Vec<Claim>, sqlx::Error> {
-    let rows = sqlx::query_as!(
-        ClaimRow,
-        r#"WITH candidate AS (
+/// The claiming statement of [`claim_listed`] and [`claim_ready`]. Candidates: the ready nodes
+/// (`PENDING`, or `PROCESSING` with an expired lease; parent ended; `$2`'s colour may claim) that
+/// also pass `$filter`, by id, up to `$limit`, locked `FOR UPDATE SKIP LOCKED`; both may use `$4`.
+/// Each candidate is claimed for `$1` (pod) and `$2` (colour) with a lease of `$3` seconds, with
+/// the parent's state as the statement read it, its expired attempt closed and the new one
+/// recorded.
+macro_rules! claim_candidates {
+    ($filter:tt, $limit:tt, $owner:expr, $lease:expr, $fourth:expr) => {
+        sqlx::query_as!(
+            ClaimRow,
+            r#"WITH candidate AS (
             SELECT n.id FROM nodes n
-            WHERE n.analysis_status IN ('PENDING', 'PROCESSING')
+            WHERE "# + $filter + r#"
+              AND n.analysis_status IN ('PENDING', 'PROCESSING')
               AND (n.analysis_status = 'PENDING' OR n.lease_expires_at < now())
               AND (n.parent_id IS NULL OR EXISTS (
                     SELECT 1 FROM nodes p
                     WHERE p.id = n.parent_id AND p.analysis_status IN ('COMPLETED', 'FAILED')))
               AND COALESCE((SELECT a.color = $2 FROM analysis_active_color a), TRUE)
             ORDER BY n.id
-            LIMIT $4
+            "# + $limit + r#"
             FOR UPDATE OF n SKIP LOCKED
         ),
         claimed AS (
@@ -235,13 +234,43 @@ pub async fn claim_ready(
                claim_token AS "claim_token?", attempts AS "attempts!",
                parent_status AS "parent_status?", parent_topic AS "parent_topic?"
         FROM with_parent ORDER BY id"#,
-        owner.pod,
-        owner.color,
-        lease_secs(lease),
-        limit,
-    )
-    .fetch_all(db)
-    .await?;
+            $owner.pod,
+            $owner.color,
+            lease_secs($lease),
+            $fourth,
+        )
+    };
+}
+
+/// Claims those of `ids` that are ready, in one statement: the conditions of [`claim_one`], row
+/// by row. A row another transaction has locked is skipped (`FOR UPDATE SKIP LOCKED`) rather than
+/// waited for, so two pods listing overlapping nodes never wait on each other; a skipped node is
+/// simply not in the answer, like one that was not ready. Returned in the order of their ids.
+pub async fn claim_listed(
+    db: impl PgExecutor<'_>,
+    ids: &[i64],
+    owner: &Owner,
+    lease: Duration,
+) -> Result<Vec<Claim>, sqlx::Error> {
+    let rows = claim_candidates!("n.id = ANY($4)", "", owner, lease, ids)
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// Claims up to `limit` nodes that are ready and held by nobody, oldest first: `PENDING`, or
+/// `PROCESSING` with an expired lease, whose parent has ended. Rows another transaction has
+/// locked are skipped (`FOR UPDATE SKIP LOCKED`), so replicas sweeping at once never take the same
+/// node. Nothing when `owner`'s colour may not claim.
+pub async fn claim_ready(
+    db: impl PgExecutor<'_>,
+    owner: &Owner,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<Claim>, sqlx::Error> {
+    let rows = claim_candidates!("TRUE", "LIMIT $4", owner, lease, limit)
+        .fetch_all(db)
+        .await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
@@ -736,6 +765,89 @@ mod tests {
                 .unwrap()
                 .len(),
             1
+        );
+    }
+
+    /// A listed claim takes, in one statement, exactly the listed nodes a single claim would:
+    /// ready roots and children of ended parents, each under a token of its own with its attempt
+    /// recorded, never a child of an unfinished parent, nothing under an inactive colour, and
+    /// none that another transaction holds locked (skipped, not waited for).
+    #[sqlx::test]
+    async fn a_listed_claim_takes_only_the_ready_nodes_of_the_list(pool: PgPool) {
+        let (root, child) = tree(&pool).await;
+        let (other_root, other_child) = tree(&pool).await;
+        let (unlisted, _) = tree(&pool).await;
+        let a = owner("a", "blue");
+        let ids = [root, child, other_root, other_child];
+        let claims = claim_listed(&pool, &ids, &a, LEASE).await.unwrap();
+        let taken: Vec<i64> = claims.iter().map(|c| c.node_id).collect();
+        assert_eq!(
+            taken,
+            vec![root, other_root],
+            "children wait for their parents"
+        );
+        assert_ne!(claims[0].token, claims[1].token);
+        let recorded: Vec<(i64, i64, String)> =
+            sqlx::query_as("SELECT node_id, token, owner FROM analysis_attempts ORDER BY node_id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            recorded,
+            claims
+                .iter()
+                .map(|c| (c.node_id, c.token, "a".to_owned()))
+                .collect::<Vec<_>>()
+        );
+        let status: String = sqlx::query_scalar("SELECT analysis_status FROM nodes WHERE id = $1")
+            .bind(unlisted)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(status, "PENDING", "an unlisted node is left alone");
+        // Listed again: nothing, they are held.
+        assert!(
+            claim_listed(&pool, &ids, &a, LEASE)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Once the parent ended, its child is taken; a row locked elsewhere is skipped at once.
+        complete(&pool, &claims[0], &analysis(), one())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM nodes WHERE id = $1 FOR UPDATE")
+            .bind(unlisted)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let next = tokio::time::timeout(
+            Duration::from_secs(5),
+            claim_listed(&pool, &[child, other_child, unlisted], &a, LEASE),
+        )
+        .await
+        .expect("a locked row is skipped, not waited for")
+        .unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!(
+            next.iter().map(|c| c.node_id).collect::<Vec<_>>(),
+            vec![child]
+        );
+        assert_eq!(next[0].parent_topic(), "바다");
+
+        // Another colour active: nothing for blue.
+        sqlx::query("INSERT INTO analysis_active_color (color) VALUES ('green')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert!(
+            claim_listed(&pool, &[unlisted], &a, LEASE)
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 

@@ -12,7 +12,7 @@
 //!   flight finish within the drain timeout, then what is still held goes back to `PENDING`.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -73,8 +73,14 @@ pub enum Job {
         /// Its lineage window, when current.
         context: Option<LineageContext>,
     },
-    /// Already claimed (by the sweeper).
-    Claimed(Claim),
+    /// Already claimed (by a sweep, or ahead of free workers by [`run`]), with the lineage
+    /// window when its job carried one.
+    Claimed {
+        /// The claim.
+        claim: Claim,
+        /// Its lineage window, when current.
+        context: Option<LineageContext>,
+    },
 }
 
 /// Why a claim's work stopped before its result.
@@ -326,8 +332,8 @@ impl Dispatcher {
 
     /// Analyses one job on a worker slot.
     pub(super) async fn process(self: Arc<Self>, job: Job, _slot: OwnedSemaphorePermit) {
-        let claim = match job {
-            Job::Claimed(claim) => claim,
+        let (claim, context) = match job {
+            Job::Claimed { claim, context } => (claim, context),
             Job::Ready { node_id, context } => {
                 // The AI server may have gone down, or the colour become inactive, while the job
                 // waited for its slot: a claim now would only be handed back.
@@ -358,17 +364,7 @@ impl Dispatcher {
                         return self.give_back(&[held], "drained").await;
                     }
                     Ok(Some(claim)) => return self.analyse(claim, context).await,
-                    Ok(None) => {
-                        metrics::counter!("mutr_analysis_claim_conflicts_total").increment(1);
-                        // Taken by another worker, not ready, or already ended. In the last case
-                        // it may still be marked active (its event came late): release it.
-                        if let Ok(Some(s)) = claims::status_of(&self.pool, node_id).await
-                            && ended(s)
-                        {
-                            self.release(node_id).await;
-                        }
-                        return;
-                    }
+                    Ok(None) => return self.not_claimed(node_id).await,
                     Err(e) => {
                         tracing::warn!(node_id, error = %e, "claim failed; the sweeper takes the node later");
                         return;
@@ -376,7 +372,111 @@ impl Dispatcher {
                 }
             }
         };
-        self.analyse(claim, None).await;
+        self.analyse(claim, context).await;
+    }
+
+    /// A ready node whose claim found it taken by another worker, not ready, or already ended.
+    /// In the last case it may still be marked active (its event came late): it is released.
+    async fn not_claimed(&self, node_id: i64) {
+        metrics::counter!("mutr_analysis_claim_conflicts_total").increment(1);
+        if let Ok(Some(s)) = claims::status_of(&self.pool, node_id).await
+            && ended(s)
+        {
+            self.release(node_id).await;
+        }
+    }
+
+    /// Claims a ready job taken from the queue together with the ready jobs queued behind it, in
+    /// one statement, and puts the claims at the back of `ahead` (in queue order, held and
+    /// renewed like a sweep's claims taken ahead, and counted with them): a backlog costs one
+    /// claiming statement per [`CLAIM_BATCH`] nodes instead of one per node. A job alone in the
+    /// queue, or with no room left for claims taken ahead, is returned for its worker to claim as
+    /// before. Claims met in the queue on the way join `ahead`.
+    async fn claim_queued(
+        self: &Arc<Self>,
+        first: Job,
+        jobs: &mut mpsc::Receiver<Job>,
+        ahead: &mut VecDeque<Job>,
+    ) -> Option<Job> {
+        let room = self.prefetch_room().min(CLAIM_BATCH);
+        if room < 2 || matches!(first, Job::Claimed { .. }) {
+            return Some(first);
+        }
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next {
+            match job {
+                // A sweep claimed it while it waited: see `process`.
+                Job::Ready { node_id, .. } if self.holds(node_id) => {}
+                Job::Ready { node_id, context } => batch.push((node_id, context)),
+                claimed @ Job::Claimed { .. } => self.push_ahead(ahead, claimed),
+            }
+            next = None;
+            if batch.len() < room
+                && let Ok(job) = jobs.try_recv()
+            {
+                self.dequeued(&job);
+                next = Some(job);
+            }
+        }
+        if batch.len() < 2 {
+            return batch
+                .pop()
+                .map(|(node_id, context)| Job::Ready { node_id, context });
+        }
+        let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+        let claimed =
+            claims::claim_listed(&self.pool, &ids, &self.settings.owner, self.settings.lease).await;
+        let claimed = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(nodes = ids.len(), error = %e, "claim failed; the sweeper takes the nodes later");
+                return None;
+            }
+        };
+        metrics::counter!("mutr_analysis_claimed_ahead_total").increment(claimed.len() as u64);
+        // The first job of a node queued twice keeps its context.
+        let mut contexts: HashMap<i64, Option<LineageContext>> = batch.into_iter().rev().collect();
+        if self.stopping.is_cancelled() {
+            // Drain began while the claims were being taken.
+            let held: Vec<Held> = claimed
+                .iter()
+                .map(|c| Held {
+                    node_id: c.node_id,
+                    token: c.token,
+                    calls: Calls::default(),
+                })
+                .collect();
+            self.give_back(&held, "drained").await;
+            return None;
+        }
+        for claim in claimed {
+            self.hold(&claim);
+            let context = contexts.remove(&claim.node_id).flatten();
+            self.push_ahead(ahead, Job::Claimed { claim, context });
+        }
+        if !contexts.is_empty() {
+            let dispatcher = self.clone();
+            tokio::spawn(async move {
+                for node_id in contexts.into_keys() {
+                    dispatcher.not_claimed(node_id).await;
+                }
+            });
+        }
+        None
+    }
+
+    /// Puts a claim taken ahead of a free worker at the back of `ahead`.
+    fn push_ahead(&self, ahead: &mut VecDeque<Job>, job: Job) {
+        ahead.push_back(job);
+        self.prefetched.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes the oldest claim taken ahead, if any.
+    fn pop_ahead(&self, ahead: &mut VecDeque<Job>) -> Option<Job> {
+        let job = ahead.pop_front()?;
+        self.prefetched.fetch_sub(1, Ordering::Relaxed);
+        Some(job)
     }
 
     async fn analyse(self: Arc<Self>, claim: Claim, context: Option<LineageContext>) {
@@ -682,7 +782,11 @@ impl Dispatcher {
             calls: Calls::default(),
         };
         self.prefetched.fetch_add(1, Ordering::Relaxed);
-        if self.ready.try_send(Job::Claimed(claim)).is_err() {
+        let job = Job::Claimed {
+            claim,
+            context: None,
+        };
+        if self.ready.try_send(job).is_err() {
             self.prefetched.fetch_sub(1, Ordering::Relaxed);
             self.unhold(held.node_id);
             self.give_back(&[held], "ready queue full").await;
@@ -694,14 +798,14 @@ impl Dispatcher {
     /// A queued job leaves the queue: a claim taken ahead is no longer waiting.
     fn dequeued(&self, job: &Job) {
         metrics::gauge!("mutr_analysis_ready_queue").decrement(1.0);
-        if matches!(job, Job::Claimed(_)) {
+        if matches!(job, Job::Claimed { .. }) {
             self.prefetched.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     /// Hands back a queued claim this pod will not analyse.
     async fn drop_claimed(&self, job: Job, reason: &str) {
-        if let Job::Claimed(c) = job {
+        if let Job::Claimed { claim: c, .. } = job {
             let (calls, _) = self.unhold(c.node_id);
             let held = Held {
                 node_id: c.node_id,
@@ -832,6 +936,9 @@ fn lost_in_renewal(
         .collect()
 }
 
+/// Most queued ready jobs [`run`] claims in one statement.
+const CLAIM_BATCH: usize = 64;
+
 /// Worker slots for `concurrency` AI calls in flight: two per call (one calling, one claiming
 /// or storing around it).
 fn workers_for(concurrency: usize) -> usize {
@@ -888,6 +995,10 @@ fn redis_fallback(op: &'static str, error: &redis::RedisError) {
 pub async fn run(dispatcher: Arc<Dispatcher>, mut jobs: mpsc::Receiver<Job>) {
     let mut claiming = dispatcher.claiming.clone();
     let mut health = dispatcher.ai_health.clone();
+    // Claims taken ahead of free workers (`Dispatcher::claim_queued`), served before the queue.
+    // Their claims are held: renewed while they wait here, and handed back by the drain when
+    // this loop ends with some left.
+    let mut ahead = VecDeque::new();
     loop {
         // Wait until claims may be taken.
         while !dispatcher.may_claim() {
@@ -897,6 +1008,12 @@ pub async fn run(dispatcher: Arc<Dispatcher>, mut jobs: mpsc::Receiver<Job>) {
             // While another colour is active, drop what waits: the pods that may claim find it in
             // PostgreSQL. While the AI server is down, keep it for when it is back.
             let mut dropped = 0u64;
+            while !*dispatcher.claiming.borrow()
+                && let Some(job) = dispatcher.pop_ahead(&mut ahead)
+            {
+                dispatcher.drop_claimed(job, "not claiming").await;
+                dropped += 1;
+            }
             while !*dispatcher.claiming.borrow()
                 && let Ok(job) = jobs.try_recv()
             {
@@ -919,13 +1036,21 @@ pub async fn run(dispatcher: Arc<Dispatcher>, mut jobs: mpsc::Receiver<Job>) {
         }
         // The job first, then a worker slot: an idle loop holds no slot, so the sweeper sees
         // every free worker.
-        let job = tokio::select! {
-            job = jobs.recv() => match job { Some(j) => j, None => return },
-            () = dispatcher.stopping.cancelled() => return,
-            _ = claiming.changed() => continue,
-            _ = health.changed() => continue,
+        let job = if let Some(job) = dispatcher.pop_ahead(&mut ahead) {
+            job
+        } else {
+            let job = tokio::select! {
+                job = jobs.recv() => match job { Some(j) => j, None => return },
+                () = dispatcher.stopping.cancelled() => return,
+                _ = claiming.changed() => continue,
+                _ = health.changed() => continue,
+            };
+            dispatcher.dequeued(&job);
+            match dispatcher.claim_queued(job, &mut jobs, &mut ahead).await {
+                Some(job) => job,
+                None => continue,
+            }
         };
-        dispatcher.dequeued(&job);
         let slot = tokio::select! {
             slot = dispatcher.workers.clone().acquire_owned() => slot.ok(),
             () = dispatcher.stopping.cancelled() => None,

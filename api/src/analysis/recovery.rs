@@ -80,7 +80,13 @@ pub async fn sweep(dispatcher: &Arc<Dispatcher>) -> Result<(usize, bool), sqlx::
     // Slots first: `zip` takes from its first iterator before it learns the second has ended, and
     // a claim taken from `found` without a slot would be dropped while still held.
     for (slot, claim) in slots.into_iter().zip(found.by_ref()) {
-        tokio::spawn(dispatcher.clone().process(Job::Claimed(claim), slot));
+        tokio::spawn(dispatcher.clone().process(
+            Job::Claimed {
+                claim,
+                context: None,
+            },
+            slot,
+        ));
     }
     for claim in found {
         dispatcher.prefetch(claim).await;
