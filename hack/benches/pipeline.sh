@@ -5,7 +5,8 @@
 # overhead per node at light load, a sweep with nothing to do on a galaxy of 1,000,000 nodes, and
 # the recovery of 10,000 orphans by a fresh API process.
 # Needs DATABASE_URL and REDIS_URL (hack/bench.sh provides them).
-# Knobs: MUTR_BENCH_CONCURRENCY (8), MUTR_BENCH_PIPELINE_NODES (1000), MUTR_BENCH_GALAXY (1000000),
+# Knobs: MUTR_BENCH_CONCURRENCY (8), MUTR_BENCH_PIPELINE_NODES (1000), MUTR_BENCH_PIPELINE_ROUNDS
+# (3: the throughput ratio is the median round's), MUTR_BENCH_GALAXY (1000000),
 # MUTR_BENCH_RECOVERY_NODES (10000), MUTR_BENCH_PHASES (throughput,overhead,sweep,recovery).
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
@@ -59,6 +60,6 @@ wait_for 120 curl -fsS "http://127.0.0.1:$port/readyz" \
 "$BENCH" --api-url "http://127.0.0.1:$port" --ai-url "http://127.0.0.1:$ai_port" \
     --database-url "$db_url" --admin-database-url "$DATABASE_URL" --redis-url "$REDIS_URL" \
     --api-bin "$BIN/mutr-api" --ai-metrics-url "http://127.0.0.1:$ai_metrics/metrics" --concurrency "$concurrency" \
-    --nodes "${MUTR_BENCH_PIPELINE_NODES:-1000}" --sweep-galaxy "${MUTR_BENCH_GALAXY:-1000000}" \
+    --nodes "${MUTR_BENCH_PIPELINE_NODES:-1000}" --rounds "${MUTR_BENCH_PIPELINE_ROUNDS:-3}" --sweep-galaxy "${MUTR_BENCH_GALAXY:-1000000}" \
     --recovery-nodes "${MUTR_BENCH_RECOVERY_NODES:-10000}" \
     --phases "${MUTR_BENCH_PHASES:-throughput,overhead,sweep,recovery}"
