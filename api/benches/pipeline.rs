@@ -276,7 +276,7 @@ async fn throughput_round(
     let mut rng = StdRng::seed_from_u64(12 + round as u64);
     // Unique numbers of the same length on both sides and in every round, so that both send as
     // many tokens (a 7-digit number is seven tokens more than a 1-digit one, twice per request).
-    let first = 100_000 * round;
+    let first = args.nodes * round;
     let direct_texts: Vec<String> = (0..args.nodes)
         .map(|n| text(&mut rng, 1_000_000 + first + n))
         .collect();
