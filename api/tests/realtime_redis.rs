@@ -71,6 +71,38 @@ async fn every_replica_delivers_every_event_exactly_once() {
     two.stop().await;
 }
 
+/// A burst larger than one publishing pipeline reaches the other replica whole, in order, once.
+#[tokio::test]
+async fn a_burst_reaches_the_other_replica_in_order_and_once() {
+    const BURST: u64 = 600;
+    let a = args();
+    let mut b = args();
+    b.realtime_redis_channel = a.realtime_redis_channel.clone();
+    b.ws_send_buffer = 2 * BURST as usize;
+    let one = Server::start(a, Some(redis_url())).await;
+    let two = Server::start(b, Some(redis_url())).await;
+    one.wait_redis().await;
+    two.wait_redis().await;
+    let mut on_two = WsClient::connected(&two, Transport::RawWebSocket).await;
+    on_two.subscribe("s", GALAXY_TOPIC).await;
+
+    for id in 0..BURST {
+        one.realtime.publish(GALAXY_TOPIC, node(id)).await;
+    }
+    for id in 0..BURST {
+        let f = on_two.frame().await;
+        assert_eq!(f.command, "MESSAGE");
+        assert_eq!(
+            f.body,
+            node(id).as_bytes(),
+            "event {id} out of order or missing"
+        );
+    }
+    assert!(!receives(&mut on_two, &node(0), Duration::from_millis(300)).await);
+    one.stop().await;
+    two.stop().await;
+}
+
 #[tokio::test]
 async fn redis_outage_local_delivery_goes_on_and_replicas_resubscribe() {
     let mut redis = PrivateRedis::start().await;

@@ -181,6 +181,9 @@ fn set_connected(flag: &AtomicBool, up: bool, other: &str) {
         .set(f64::from(u8::from(up)));
 }
 
+/// Most events one pipeline publishes (a burst larger than this goes out in several).
+const PUBLISH_BATCH: usize = 128;
+
 async fn run_publisher(
     client: redis::Client,
     config: BridgeConfig,
@@ -192,9 +195,9 @@ async fn run_publisher(
     let conn_config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.timeout))
         .set_response_timeout(Some(config.timeout));
-    // A message taken from the queue whose publication failed is published first on the next
+    // Messages taken from the queue whose publication failed are published first on the next
     // connection, so that a broken connection loses none; newer ones wait in the bounded queue.
-    let mut pending: Option<String> = None;
+    let mut batch: Vec<String> = Vec::new();
     loop {
         let connect = client.get_multiplexed_async_connection_with_config(&conn_config);
         let mut conn = tokio::select! {
@@ -212,24 +215,38 @@ async fn run_publisher(
         set_connected(&up, true, "publisher");
         backoff.reset();
         loop {
-            let payload = match pending.take() {
-                Some(p) => p,
-                None => tokio::select! {
+            if batch.is_empty() {
+                tokio::select! {
                     () = shutdown.cancelled() => return,
-                    p = rx.recv() => match p { Some(p) => p, None => return },
-                },
-            };
-            let result: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                .arg(&config.channel)
-                .arg(&payload)
-                .query_async(&mut conn)
-                .await;
+                    p = rx.recv() => match p { Some(p) => batch.push(p), None => return },
+                }
+            }
+            // What queued up while the last batch was on the wire goes out with this one, in
+            // order, as one pipeline: one write and one read for a burst instead of one round
+            // trip per event. At light load a batch is one event, sent at once.
+            while batch.len() < PUBLISH_BATCH
+                && let Ok(p) = rx.try_recv()
+            {
+                batch.push(p);
+            }
+            let mut pipe = redis::pipe();
+            for payload in &batch {
+                pipe.cmd("PUBLISH")
+                    .arg(&config.channel)
+                    .arg(payload)
+                    .ignore();
+            }
+            let result: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
             match result {
-                Ok(_) => metrics::counter!(m::EVENTS_BRIDGED, "direction" => "out").increment(1),
+                Ok(()) => {
+                    metrics::counter!(m::EVENTS_BRIDGED, "direction" => "out")
+                        .increment(batch.len() as u64);
+                    metrics::counter!(m::PUBLISH_PIPELINES).increment(1);
+                    batch.clear();
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "realtime: Redis publish failed; reconnecting");
+                    tracing::warn!(%error, events = batch.len(), "realtime: Redis publish failed; reconnecting");
                     set_connected(&up, false, "publisher");
-                    pending = Some(payload);
                     break;
                 }
             }
@@ -314,7 +331,21 @@ async fn subscribe(
     Ok((sink, stream))
 }
 
+/// Whether `payload` is an envelope this replica published, judged from the prefix that
+/// [`Bridge::publish`] writes (`origin` is the envelope's first field), without parsing the body:
+/// every event a replica publishes comes back to it from Redis.
+fn own_echo(payload: &[u8], replica_id: &str) -> bool {
+    const PREFIX: &[u8] = br#"{"origin":""#;
+    payload
+        .strip_prefix(PREFIX)
+        .and_then(|rest| rest.strip_prefix(replica_id.as_bytes()))
+        .is_some_and(|rest| rest.first() == Some(&b'"'))
+}
+
 fn deliver_remote(hub: &Hub, replica_id: &str, payload: &[u8]) {
+    if own_echo(payload, replica_id) {
+        return;
+    }
     let envelope: Envelope<'_> = match serde_json::from_slice(payload) {
         Ok(e) => e,
         Err(error) => {
@@ -345,6 +376,26 @@ mod tests {
         assert_eq!(b.next_delay(), Duration::from_millis(350));
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn an_own_echo_is_known_by_its_prefix() {
+        let payload = serde_json::to_vec(&Envelope {
+            origin: Cow::Borrowed("4f2a"),
+            destination: Cow::Borrowed("/topic/a"),
+            body: Cow::Borrowed(r#"{"origin":"other"}"#),
+        })
+        .unwrap();
+        assert!(own_echo(&payload, "4f2a"));
+        // Another replica, one whose id starts with ours, and no prefix at all are not ours.
+        assert!(!own_echo(&payload, "4f2"));
+        assert!(!own_echo(&payload, "4f2ab"));
+        assert!(!own_echo(&payload, "other"));
+        assert!(!own_echo(
+            br#"{"destination":"/topic/a","origin":"4f2a"}"#,
+            "4f2a"
+        ));
+        assert!(!own_echo(b"", "4f2a"));
     }
 
     #[tokio::test]

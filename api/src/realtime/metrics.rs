@@ -15,6 +15,8 @@ pub const EVENTS_PUBLISHED: &str = "mutr_realtime_events_published_total";
 pub const EVENTS_DELIVERED: &str = "mutr_realtime_events_delivered_total";
 /// Counter: events sent to (`direction="out"`) or received from (`"in"`) other replicas.
 pub const EVENTS_BRIDGED: &str = "mutr_realtime_events_bridged_total";
+/// Counter: pipelines that sent those events to Redis (events out over this is the mean batch).
+pub const PUBLISH_PIPELINES: &str = "mutr_realtime_publish_pipelines_total";
 /// Counter: events other replicas will not see, by `reason`.
 pub const EVENTS_DROPPED: &str = "mutr_realtime_events_dropped_total";
 /// Gauge: 1 while the Redis `connection` (`publisher`, `subscriber`) is up.
