@@ -141,7 +141,7 @@ pub async fn serve(
         redis.clone(),
         &args.limits.write_limit_redis,
     ));
-    let state = AppState {
+    let state = AppState::new(state::Shared {
         db: pool,
         redis,
         jwt,
@@ -156,7 +156,7 @@ pub async fn serve(
         cors_origins: args.cors_origins.clone().into(),
         probe_timeout: PROBE_TIMEOUT,
         sign_in,
-    };
+    });
     let result = serve_state(&args, state, pipeline, listener, shutdown).await;
     push_stop.cancel();
     result

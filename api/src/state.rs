@@ -50,9 +50,28 @@ impl Readiness {
     }
 }
 
-/// Shared by every handler; cheap to clone.
+/// Shared by every handler. Cloning it is one reference count: axum clones the state for every
+/// extractor and middleware that takes it, several times per request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state of a server serving `shared`.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     /// PostgreSQL.
     pub db: PgPool,
     /// Redis, for readiness (reconnects by itself).
@@ -81,16 +100,6 @@ pub struct AppState {
     pub sign_in: Arc<crate::oauth::SignIn>,
     /// Longest wait of a readiness probe on one dependency.
     pub probe_timeout: Duration,
-}
-
-impl AppState {
-    /// Serves live push from `realtime` too: its routes are merged into the app and its sessions
-    /// are closed on shutdown.
-    #[must_use]
-    pub fn with_realtime(mut self, realtime: Realtime) -> Self {
-        self.realtime = Some(realtime);
-        self
-    }
 }
 
 impl std::fmt::Debug for AppState {
