@@ -49,6 +49,20 @@ async fn a_child_of_an_active_parent_is_parked_and_released_with_it() {
     assert_eq!(c.release(2).await.unwrap(), vec![4]);
 }
 
+/// Nodes marked together (a burst of new roots) each hold their own children back.
+#[tokio::test]
+async fn nodes_marked_in_one_round_trip_each_hold_their_children() {
+    let (c, _, _) = coordinator(Duration::from_secs(60)).await;
+    c.mark_many(&[]).await.unwrap();
+    c.mark_many(&[21, 22, 23]).await.unwrap();
+    for parent in [21, 22, 23] {
+        assert_eq!(c.hold(parent, parent * 10).await.unwrap(), Hold::Parked);
+    }
+    assert_eq!(c.hold(24, 240).await.unwrap(), Hold::Unknown);
+    assert_eq!(c.release(22).await.unwrap(), vec![220]);
+    assert_eq!(c.hold(22, 221).await.unwrap(), Hold::Unknown);
+}
+
 #[tokio::test]
 async fn a_parent_unknown_to_redis_is_left_to_the_database() {
     let (c, _, _) = coordinator(Duration::from_secs(60)).await;
@@ -190,12 +204,13 @@ async fn every_key_has_a_lifetime() {
     c.hold(1, 2).await.unwrap();
     c.park(3, 4).await.unwrap();
     c.park_many(&[(6, 5), (7, 5)]).await.unwrap();
+    c.mark_many(&[8, 9]).await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert!(keys.len() >= 6, "{keys:?}");
+    assert!(keys.len() >= 8, "{keys:?}");
     for key in keys {
         let ttl: i64 = redis::cmd("TTL")
             .arg(&key)

@@ -30,7 +30,6 @@ pub struct Coordinator {
     redis: ConnectionManager,
     prefix: String,
     ttl_secs: u64,
-    mark: Script,
     hold: Script,
     park: Script,
     release: Script,
@@ -44,12 +43,6 @@ impl std::fmt::Debug for Coordinator {
             .finish_non_exhaustive()
     }
 }
-
-/// Marks a node active. KEYS: active:node. ARGV: ttl.
-const MARK: &str = r"
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-return 1
-";
 
 /// Check-and-hold. Marks the child active, and parks it on its parent when the parent is active.
 /// KEYS: active:parent, waiting:parent, active:child. ARGV: child id, ttl.
@@ -90,7 +83,6 @@ impl Coordinator {
             redis,
             prefix: prefix.into(),
             ttl_secs: ttl.as_secs().max(1),
-            mark: Script::new(MARK),
             hold: Script::new(HOLD),
             park: Script::new(PARK),
             release: Script::new(RELEASE),
@@ -107,13 +99,21 @@ impl Coordinator {
 
     /// Marks `node` active, so that its children wait for it.
     pub async fn mark(&self, node: i64) -> redis::RedisResult<()> {
+        self.mark_many(&[node]).await
+    }
+
+    /// Marks `nodes` active in one round trip. Each mark is one `SET` with its expiry (atomic on
+    /// its own, so no script is needed); a burst of new nodes costs one pipeline.
+    pub async fn mark_many(&self, nodes: &[i64]) -> redis::RedisResult<()> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for &node in nodes {
+            pipe.set_ex(self.active(node), 1, self.ttl_secs).ignore();
+        }
         let mut redis = self.redis.clone();
-        self.mark
-            .key(self.active(node))
-            .arg(self.ttl_secs)
-            .invoke_async::<i64>(&mut redis)
-            .await
-            .map(drop)
+        pipe.query_async::<()>(&mut redis).await
     }
 
     /// Check-and-hold: marks `child` active and parks it on `parent` when the parent is active,

@@ -229,26 +229,9 @@ impl Dispatcher {
     /// Orders one committed node after its parent (DESIGN.md step 2) and queues it when ready.
     pub async fn order(self: &Arc<Self>, event: AnalysisRequested) {
         let node = event.node_id;
-        let context = LineageContext {
-            full_context: event.full_context,
-            baseline_topic: event.baseline_topic,
+        let Some(parent) = event.parent_id.filter(|_| !ready_at_once(&event)) else {
+            return self.order_ready(vec![event]).await;
         };
-        let Some(parent) = event.parent_id else {
-            self.mark(node).await;
-            return self.queue(Job::Ready {
-                node_id: node,
-                context: Some(context),
-            });
-        };
-        if event.parent_topic_hint.is_some() {
-            // The parent was COMPLETED when the node was stored, so every ancestor had ended and
-            // the lineage window's baseline topic is current.
-            self.mark(node).await;
-            return self.queue(Job::Ready {
-                node_id: node,
-                context: Some(context),
-            });
-        }
         let held = match self.coordinator.hold(parent, node).await {
             Ok(h) => Some(h),
             Err(e) => {
@@ -261,6 +244,24 @@ impl Dispatcher {
             return;
         }
         self.order_by_database(parent, node, held.is_some()).await;
+    }
+
+    /// Queues nodes that are [ready at once](ready_at_once), in order, after marking them active
+    /// in one Redis round trip (their own children must wait for them).
+    pub async fn order_ready(&self, events: Vec<AnalysisRequested>) {
+        let nodes: Vec<i64> = events.iter().map(|e| e.node_id).collect();
+        if let Err(e) = self.coordinator.mark_many(&nodes).await {
+            redis_fallback("mark", &e);
+        }
+        for event in events {
+            self.queue(Job::Ready {
+                node_id: event.node_id,
+                context: Some(LineageContext {
+                    full_context: event.full_context,
+                    baseline_topic: event.baseline_topic,
+                }),
+            });
+        }
     }
 
     /// The parent is not known as active in Redis: PostgreSQL decides. An ended parent makes the
@@ -295,12 +296,6 @@ impl Dispatcher {
 
     fn queue(&self, job: Job) {
         self.enqueue(job);
-    }
-
-    async fn mark(&self, node: i64) {
-        if let Err(e) = self.coordinator.mark(node).await {
-            redis_fallback("mark", &e);
-        }
     }
 
     /// Releases the children waiting for `node` (which ended) and queues them: from Redis, or
@@ -1063,24 +1058,55 @@ pub async fn run(dispatcher: Arc<Dispatcher>, mut jobs: mpsc::Receiver<Job>) {
     }
 }
 
-/// Reads the node writer's hand-off until it closes or `stop`, ordering each node.
+/// Whether a new node may be analysed without waiting: a root, or a child whose parent was
+/// `COMPLETED` when the node was stored (the event's parent-topic hint), so that every ancestor had
+/// ended and the lineage window's baseline topic is current.
+fn ready_at_once(event: &AnalysisRequested) -> bool {
+    event.parent_id.is_none() || event.parent_topic_hint.is_some()
+}
+
+/// Most hand-off events the intake takes in one go (what queued while it was busy).
+const ORDER_BATCH: usize = 64;
+
+/// Reads the node writer's hand-off until it closes or `stop`, ordering each node. The nodes
+/// ready at once among the events that queued up are one step (one Redis round trip marks them
+/// all); every other node is a step of its own.
 pub async fn intake(dispatcher: Arc<Dispatcher>, mut events: mpsc::Receiver<AnalysisRequested>) {
     let steps = Arc::new(Semaphore::new(
         dispatcher.settings.ordering_concurrency.max(1),
     ));
     loop {
-        let event = tokio::select! {
+        let first = tokio::select! {
             event = events.recv() => match event { Some(e) => e, None => return },
             () = dispatcher.stopping.cancelled() => return,
         };
-        let Ok(step) = steps.clone().acquire_owned().await else {
-            return;
-        };
-        let dispatcher = dispatcher.clone();
-        tokio::spawn(async move {
-            dispatcher.order(event).await;
-            drop(step);
-        });
+        let mut batch = vec![first];
+        while batch.len() < ORDER_BATCH
+            && let Ok(event) = events.try_recv()
+        {
+            batch.push(event);
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) = batch.into_iter().partition(ready_at_once);
+        if !ready.is_empty() {
+            let Ok(step) = steps.clone().acquire_owned().await else {
+                return;
+            };
+            let dispatcher = dispatcher.clone();
+            tokio::spawn(async move {
+                dispatcher.order_ready(ready).await;
+                drop(step);
+            });
+        }
+        for event in waiting {
+            let Ok(step) = steps.clone().acquire_owned().await else {
+                return;
+            };
+            let dispatcher = dispatcher.clone();
+            tokio::spawn(async move {
+                dispatcher.order(event).await;
+                drop(step);
+            });
+        }
     }
 }
 
