@@ -85,6 +85,30 @@ impl<T: Serialize> IntoResponse for ApiOk<T> {
     }
 }
 
+/// A successful answer whose payload is already JSON (a node as the live push carried it): the
+/// same bytes as [`ApiOk`] around the parsed payload, without serialising it a second time.
+#[derive(Debug)]
+pub struct ApiOkJson(pub String);
+
+impl IntoResponse for ApiOkJson {
+    fn into_response(self) -> Response {
+        // `Envelope`'s fields in their order, as serde writes them.
+        const HEAD: &str = r#"{"success":true,"message":"Success","data":"#;
+        let mut body = String::with_capacity(HEAD.len() + self.0.len() + 1);
+        body.push_str(HEAD);
+        body.push_str(&self.0);
+        body.push('}');
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response()
+    }
+}
+
 /// Everything a handler can fail with. Only the variants' `Display` reaches clients; the internal
 /// variants are logged and answered with a generic message.
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +301,26 @@ mod tests {
         .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[tokio::test]
+    async fn a_payload_sent_as_json_gets_the_same_envelope_and_bytes() {
+        let payload =
+            serde_json::json!({"id": 7, "content": "한 \"줄\"\n", "x": 1.5, "topic": null});
+        let parsed = ApiOk(&payload).into_response();
+        let raw = ApiOkJson(serde_json::to_string(&payload).unwrap()).into_response();
+        assert_eq!(raw.status(), parsed.status());
+        assert_eq!(
+            raw.headers()[header::CONTENT_TYPE],
+            parsed.headers()[header::CONTENT_TYPE]
+        );
+        let raw = axum::body::to_bytes(raw.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let parsed = axum::body::to_bytes(parsed.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(raw, parsed);
     }
 
     #[tokio::test]

@@ -111,7 +111,17 @@ pub enum WriteError {
 
 struct Job {
     draft: NodeDraft,
-    reply: oneshot::Sender<Result<Node, WriteError>>,
+    reply: oneshot::Sender<Result<StoredNode, WriteError>>,
+}
+
+/// A stored node as clients see it, with its JSON as the live push carried it, so that the
+/// answer to the request that created it need not serialise it again.
+#[derive(Debug)]
+pub struct StoredNode {
+    /// The node.
+    pub node: Node,
+    /// `node` serialised (none only if serialising failed, which was logged).
+    pub json: Option<String>,
 }
 
 /// The queue of node creations; cheap to clone. The writer task ends when every clone is dropped.
@@ -146,7 +156,7 @@ impl NodeWriter {
 
     /// Stores `draft` as `PENDING` (in a batch with others), publishes it and hands it off; the
     /// node as clients see it.
-    pub async fn create(&self, draft: NodeDraft) -> Result<Node, WriteError> {
+    pub async fn create(&self, draft: NodeDraft) -> Result<StoredNode, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Job { draft, reply })
@@ -266,7 +276,7 @@ async fn finish(sinks: &Sinks, job: Job, outcome: Result<Outcome, WriteError>) {
 }
 
 /// Publishes a committed node and hands it to the analysis pipeline; the node as clients see it.
-async fn announce(sinks: &Sinks, draft: NodeDraft, created: Created) -> Node {
+async fn announce(sinks: &Sinks, draft: NodeDraft, created: Created) -> StoredNode {
     metrics::counter!("mutr_nodes_created_total").increment(1);
     let is_root = draft.parent_id.is_none();
     let node = Node {
@@ -287,12 +297,16 @@ async fn announce(sinks: &Sinks, draft: NodeDraft, created: Created) -> Node {
         analysis_status: AnalysisStatus::Pending,
     };
     tracing::info!(node_id = node.id, parent_id = ?node.parent_id, user_id = draft.author_id, "node created");
-    match serde_json::to_string(&node) {
-        Ok(json) => sinks.broadcaster.publish(GALAXY_TOPIC, json).await,
-        Err(e) => {
-            tracing::error!(node_id = node.id, error = %e, "node not serialisable for broadcast")
+    let json = match serde_json::to_string(&node) {
+        Ok(json) => {
+            sinks.broadcaster.publish(GALAXY_TOPIC, json.clone()).await;
+            Some(json)
         }
-    }
+        Err(e) => {
+            tracing::error!(node_id = node.id, error = %e, "node not serialisable for broadcast");
+            None
+        }
+    };
     let parent_topic_hint = created
         .parent
         .filter(|(_, status)| *status == AnalysisStatus::Completed)
@@ -304,7 +318,7 @@ async fn announce(sinks: &Sinks, draft: NodeDraft, created: Created) -> Node {
         baseline_topic: created.context.baseline_topic,
         full_context: created.context.full_context,
     });
-    node
+    StoredNode { node, json }
 }
 
 #[cfg(test)]
@@ -376,6 +390,16 @@ mod tests {
         }
     }
 
+    /// Creates through `w`; the node, after checking that its JSON is the node's.
+    async fn create(w: &NodeWriter, draft: NodeDraft) -> Result<Node, WriteError> {
+        let stored = w.create(draft).await?;
+        assert_eq!(
+            stored.json.as_deref(),
+            Some(serde_json::to_string(&stored.node).unwrap().as_str())
+        );
+        Ok(stored.node)
+    }
+
     async fn guest(pool: &PgPool, n: u32) -> (i64, Vec<u8>) {
         let hash = crate::auth::guest::hash(&format!("token-{n}"));
         let id = users::create_guest(pool, &format!("테스트_손님_{n:04}"), &hash)
@@ -412,13 +436,13 @@ mod tests {
     async fn a_batch_answers_each_request(pool: PgPool) {
         let (w, rec) = writer(&pool, &one_batch());
         let a = guest(&pool, 1).await;
-        let root = w.create(draft(&a, "root", None)).await.unwrap();
+        let root = create(&w, draft(&a, "root", None)).await.unwrap();
         let stale = (a.0, crate::auth::guest::hash("another token"));
         let answers = join_all([
-            w.create(draft(&a, "child", Some(root.id))),
-            w.create(draft(&a, "orphan", Some(987_654))),
-            w.create(draft(&stale, "stale", None)),
-            w.create(draft(&a, "second root", None)),
+            create(&w, draft(&a, "child", Some(root.id))),
+            create(&w, draft(&a, "orphan", Some(987_654))),
+            create(&w, draft(&stale, "stale", None)),
+            create(&w, draft(&a, "second root", None)),
         ])
         .await;
         let child = answers[0].as_ref().unwrap();
@@ -454,11 +478,14 @@ mod tests {
         for n in 0..20 {
             authors.push(guest(&pool, n).await);
         }
-        let roots = join_all(authors.iter().map(|a| w.create(draft(a, "root", None)))).await;
+        let roots = join_all(authors.iter().map(|a| create(&w, draft(a, "root", None)))).await;
         let roots: Vec<Node> = roots.into_iter().map(Result::unwrap).collect();
         let children = join_all((0..400).map(|i| {
             let k = i % roots.len();
-            w.create(draft(&authors[k], &format!("child {i}"), Some(roots[k].id)))
+            create(
+                &w,
+                draft(&authors[k], &format!("child {i}"), Some(roots[k].id)),
+            )
         }))
         .await;
         let mut ids: Vec<i64> = roots.iter().map(|n| n.id).collect();
@@ -490,9 +517,9 @@ mod tests {
         let (w, rec) = writer(&pool, &one_batch());
         let a = guest(&pool, 1).await;
         let answers = join_all([
-            w.create(draft(&a, "first", None)),
-            w.create(draft(&a, "nul \0 inside", None)),
-            w.create(draft(&a, "third", None)),
+            create(&w, draft(&a, "first", None)),
+            create(&w, draft(&a, "nul \0 inside", None)),
+            create(&w, draft(&a, "third", None)),
         ])
         .await;
         assert!(
@@ -518,9 +545,9 @@ mod tests {
         let (w, rec) = writer(&pool, &one_batch());
         let a = guest(&pool, 1).await;
         let answers = join_all([
-            w.create(draft(&a, "one", None)),
-            w.create(draft(&a, "orphan", Some(424_242))),
-            w.create(draft(&a, "two", None)),
+            create(&w, draft(&a, "one", None)),
+            create(&w, draft(&a, "orphan", Some(424_242))),
+            create(&w, draft(&a, "two", None)),
         ])
         .await;
         let ids: Vec<i64> = [&answers[0], &answers[2]]
@@ -537,11 +564,11 @@ mod tests {
     async fn an_abandoned_request_is_still_announced(pool: PgPool) {
         let (w, rec) = writer(&pool, &one_batch());
         let a = guest(&pool, 1).await;
-        let mut abandoned = Box::pin(w.create(draft(&a, "left behind", None)));
+        let mut abandoned = Box::pin(create(&w, draft(&a, "left behind", None)));
         // One poll queues it; then the request goes away.
         assert!(futures::poll!(&mut abandoned).is_pending());
         drop(abandoned);
-        let later = w.create(draft(&a, "later", None)).await.unwrap();
+        let later = create(&w, draft(&a, "later", None)).await.unwrap();
         let rows = stored(&pool).await;
         let published: Vec<i64> = rec.published.lock().unwrap().iter().map(|p| p.0).collect();
         assert_eq!(rows.len(), 2, "{rows:?}");
@@ -556,8 +583,8 @@ mod tests {
     async fn events_carry_the_lineage_and_the_parent_topic_hint(pool: PgPool) {
         let (w, rec) = writer(&pool, &NodeWriterArgs::default());
         let a = guest(&pool, 1).await;
-        let root = w.create(draft(&a, "첫 기록", None)).await.unwrap();
-        let child = w.create(draft(&a, "답글", Some(root.id))).await.unwrap();
+        let root = create(&w, draft(&a, "첫 기록", None)).await.unwrap();
+        let child = create(&w, draft(&a, "답글", Some(root.id))).await.unwrap();
         sqlx::query!(
             "UPDATE nodes SET analysis_status = 'COMPLETED', topic = '시작' WHERE id = $1",
             root.id
@@ -565,7 +592,7 @@ mod tests {
         .execute(&pool)
         .await
         .unwrap();
-        let second = w.create(draft(&a, "둘째", Some(root.id))).await.unwrap();
+        let second = create(&w, draft(&a, "둘째", Some(root.id))).await.unwrap();
         let events = rec.events.lock().unwrap().clone();
         assert_eq!(
             events,

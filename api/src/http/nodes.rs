@@ -1,7 +1,10 @@
 //! `POST /api/v1/nodes` (create, then broadcast and hand off after commit) and
 //! `GET /api/v1/nodes/viz` (the nodes in a cube).
 
-use axum::extract::State;
+use axum::{
+    extract::State,
+    response::{IntoResponse, Response},
+};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -12,7 +15,7 @@ use crate::{
         coordinates::{self, MAX_ROOT_COORDINATE, Vec3},
         node::{MAX_CONTENT_CHARS, Node},
     },
-    error::{ApiError, ApiOk, Envelope},
+    error::{ApiError, ApiOk, ApiOkJson, Envelope},
     http::{
         extract::{ApiJson, ApiQuery},
         openapi::{
@@ -20,7 +23,7 @@ use crate::{
             Unavailable, UnsupportedMediaType,
         },
     },
-    node_writer::{NodeDraft, WriteError},
+    node_writer::{NodeDraft, StoredNode, WriteError},
     state::AppState,
 };
 
@@ -143,7 +146,7 @@ pub async fn create(
         guest_token_hash,
     }: Author,
     ApiJson(body): ApiJson<CreateNode>,
-) -> Result<ApiOk<Node>, ApiError> {
+) -> Result<Response, ApiError> {
     state.write_limiter.check(user.id).await?;
     body.validate()?;
 
@@ -157,7 +160,11 @@ pub async fn create(
         offset,
     };
     match state.node_writer.create(draft).await {
-        Ok(node) => Ok(ApiOk(node)),
+        // The JSON the live push carried is the answer's payload: no second serialisation.
+        Ok(StoredNode {
+            json: Some(json), ..
+        }) => Ok(ApiOkJson(json).into_response()),
+        Ok(StoredNode { node, json: None }) => Ok(ApiOk(node).into_response()),
         Err(WriteError::ParentMissing(id)) => {
             Err(ApiError::NotFound(format!("parent node {id} not found")))
         }
