@@ -1088,26 +1088,34 @@ pub async fn intake(dispatcher: Arc<Dispatcher>, mut events: mpsc::Receiver<Anal
         }
         let (ready, waiting): (Vec<_>, Vec<_>) = batch.into_iter().partition(ready_at_once);
         if !ready.is_empty() {
-            let Ok(step) = steps.clone().acquire_owned().await else {
+            let d = dispatcher.clone();
+            if !spawn_step(&steps, async move { d.order_ready(ready).await }).await {
                 return;
-            };
-            let dispatcher = dispatcher.clone();
-            tokio::spawn(async move {
-                dispatcher.order_ready(ready).await;
-                drop(step);
-            });
+            }
         }
         for event in waiting {
-            let Ok(step) = steps.clone().acquire_owned().await else {
+            let d = dispatcher.clone();
+            if !spawn_step(&steps, async move { d.order(event).await }).await {
                 return;
-            };
-            let dispatcher = dispatcher.clone();
-            tokio::spawn(async move {
-                dispatcher.order(event).await;
-                drop(step);
-            });
+            }
         }
     }
+}
+
+/// Runs `work` as a task once one of `steps` is free, holding it until done; false when the
+/// semaphore is closed.
+async fn spawn_step(
+    steps: &Arc<Semaphore>,
+    work: impl Future<Output = ()> + Send + 'static,
+) -> bool {
+    let Ok(step) = steps.clone().acquire_owned().await else {
+        return false;
+    };
+    tokio::spawn(async move {
+        work.await;
+        drop(step);
+    });
+    true
 }
 
 /// Renews the leases held here every third of the lease until `stop`.
