@@ -51,6 +51,15 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// This claim as one to hand back, with the AI calls made under it.
+    pub fn held(&self, calls: Calls) -> Held {
+        Held {
+            node_id: self.node_id,
+            token: self.token,
+            calls,
+        }
+    }
+
     /// The parent topic to analyse against: empty for a root or when the parent failed.
     pub fn parent_topic(&self) -> &str {
         self.parent

@@ -351,12 +351,9 @@ impl Dispatcher {
                 {
                     Ok(Some(claim)) if self.stopping.is_cancelled() => {
                         // Drain began while the claim was being taken.
-                        let held = Held {
-                            node_id,
-                            token: claim.token,
-                            calls: Calls::default(),
-                        };
-                        return self.give_back(&[held], "drained").await;
+                        return self
+                            .give_back(&[claim.held(Calls::default())], "drained")
+                            .await;
                     }
                     Ok(Some(claim)) => return self.analyse(claim, context).await,
                     Ok(None) => return self.not_claimed(node_id).await,
@@ -434,14 +431,7 @@ impl Dispatcher {
         let mut contexts: HashMap<i64, Option<LineageContext>> = batch.into_iter().rev().collect();
         if self.stopping.is_cancelled() {
             // Drain began while the claims were being taken.
-            let held: Vec<Held> = claimed
-                .iter()
-                .map(|c| Held {
-                    node_id: c.node_id,
-                    token: c.token,
-                    calls: Calls::default(),
-                })
-                .collect();
+            let held: Vec<Held> = claimed.iter().map(|c| c.held(Calls::default())).collect();
             self.give_back(&held, "drained").await;
             return None;
         }
@@ -504,15 +494,7 @@ impl Dispatcher {
                 .await
             }
             Outcome::GiveBack(reason) => {
-                self.give_back(
-                    &[Held {
-                        node_id,
-                        token: claim.token,
-                        calls,
-                    }],
-                    &reason,
-                )
-                .await;
+                self.give_back(&[claim.held(calls)], &reason).await;
                 return;
             }
             Outcome::Stopped => {
@@ -528,15 +510,7 @@ impl Dispatcher {
                         .await;
                     }
                     Some(Stop::Drain) => {
-                        self.give_back(
-                            &[Held {
-                                node_id,
-                                token: claim.token,
-                                calls,
-                            }],
-                            "drained",
-                        )
-                        .await;
+                        self.give_back(&[claim.held(calls)], "drained").await;
                     }
                 }
                 return;
