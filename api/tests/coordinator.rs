@@ -63,6 +63,37 @@ async fn nodes_marked_in_one_round_trip_each_hold_their_children() {
     assert_eq!(c.hold(22, 221).await.unwrap(), Hold::Unknown);
 }
 
+/// A burst of children checked and held in one script call: each answer is the one a call of its
+/// own would give, in order, so a child held earlier in the burst holds back its own child later
+/// in it.
+#[tokio::test]
+async fn children_held_in_one_call_answer_each_on_its_own() {
+    let (c, _, _) = coordinator(Duration::from_secs(60)).await;
+    assert!(c.hold_many(&[]).await.unwrap().is_empty());
+    c.mark(30).await.unwrap();
+    let held = c
+        .hold_many(&[(30, 31), (31, 32), (99, 33), (30, 34), (33, 35)])
+        .await
+        .unwrap();
+    assert_eq!(
+        held,
+        [
+            Hold::Parked,
+            Hold::Parked,
+            Hold::Unknown,
+            Hold::Parked,
+            Hold::Parked
+        ]
+    );
+    let mut released = c.release(30).await.unwrap();
+    released.sort_unstable();
+    assert_eq!(released, vec![31, 34]);
+    assert_eq!(c.release(31).await.unwrap(), vec![32]);
+    // 33's parent was unknown, yet 33 itself was marked active: its child waits for it.
+    assert_eq!(c.release(33).await.unwrap(), vec![35]);
+    assert_eq!(c.release(99).await.unwrap(), Vec::<i64>::new());
+}
+
 #[tokio::test]
 async fn a_parent_unknown_to_redis_is_left_to_the_database() {
     let (c, _, _) = coordinator(Duration::from_secs(60)).await;

@@ -44,17 +44,27 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
-/// Check-and-hold. Marks the child active, and parks it on its parent when the parent is active.
-/// KEYS: active:parent, waiting:parent, active:child. ARGV: child id, ttl.
-/// Returns 1 when parked, 0 when the parent is not known as active.
+/// Check-and-hold for a batch of children, in order, in one atomic step. Each child is marked
+/// active, then parked on its parent when the parent is active; a child marked earlier in the
+/// batch is already active for a later child of its own.
+/// KEYS: per child i (from 0), `3i+1` active:parent, `3i+2` waiting:parent, `3i+3` active:child.
+/// ARGV: the ttl, then the child ids. Returns per child 1 when parked, 0 when the parent is not
+/// known as active.
 const HOLD: &str = r"
-redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('SADD', KEYS[2], ARGV[1])
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-  return 1
+local ttl = ARGV[1]
+local parked = {}
+for i = 1, #ARGV - 1 do
+  local k = (i - 1) * 3
+  redis.call('SET', KEYS[k + 3], '1', 'EX', ttl)
+  if redis.call('EXISTS', KEYS[k + 1]) == 1 then
+    redis.call('SADD', KEYS[k + 2], ARGV[i + 1])
+    redis.call('EXPIRE', KEYS[k + 2], ttl)
+    parked[i] = 1
+  else
+    parked[i] = 0
+  end
 end
-return 0
+return parked
 ";
 
 /// Parks a child on a parent that PostgreSQL says is unfinished, marking both active.
@@ -119,21 +129,42 @@ impl Coordinator {
     /// Check-and-hold: marks `child` active and parks it on `parent` when the parent is active,
     /// in one atomic step.
     pub async fn hold(&self, parent: i64, child: i64) -> redis::RedisResult<Hold> {
-        let mut redis = self.redis.clone();
-        let parked: i64 = self
-            .hold
-            .key(self.active(parent))
-            .key(self.waiting(parent))
-            .key(self.active(child))
-            .arg(child)
-            .arg(self.ttl_secs)
-            .invoke_async(&mut redis)
-            .await?;
-        Ok(if parked == 1 {
-            Hold::Parked
-        } else {
-            Hold::Unknown
+        let held = self.hold_many(&[(parent, child)]).await?;
+        held.into_iter().next().ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "the hold script gave no answer",
+            ))
         })
+    }
+
+    /// [`hold`](Self::hold) for many `(parent, child)` pairs, in order, as one script call (one
+    /// round trip for a burst of new nodes). Answers one [`Hold`] per pair.
+    pub async fn hold_many(&self, pairs: &[(i64, i64)]) -> redis::RedisResult<Vec<Hold>> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.hold.prepare_invoke();
+        invocation.arg(self.ttl_secs);
+        for &(parent, child) in pairs {
+            invocation
+                .key(self.active(parent))
+                .key(self.waiting(parent))
+                .key(self.active(child))
+                .arg(child);
+        }
+        let mut redis = self.redis.clone();
+        let parked: Vec<i64> = invocation.invoke_async(&mut redis).await?;
+        if parked.len() != pairs.len() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "the hold script answered for a different number of children",
+            )));
+        }
+        Ok(parked
+            .into_iter()
+            .map(|p| if p == 1 { Hold::Parked } else { Hold::Unknown })
+            .collect())
     }
 
     /// Parks `child` on `parent`, which PostgreSQL says is unfinished, marking both active. The
