@@ -6,6 +6,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use crate::domain::lineage::LineageContext;
+
 /// The STOMP destination every node event goes to.
 pub const GALAXY_TOPIC: &str = "/topic/galaxy/public";
 
@@ -20,10 +22,11 @@ pub struct AnalysisRequested {
     /// The parent's topic when the parent was already `COMPLETED` at creation: the cheapest answer
     /// to "is the parent ready?".
     pub parent_topic_hint: Option<String>,
-    /// The topic just before the lineage window; empty when the window reaches the root.
-    pub baseline_topic: String,
-    /// The lineage window, oldest first, newline-joined, ending with the node's own text.
-    pub full_context: String,
+    /// The lineage window (its baseline topic and full context) when the node can be analysed at
+    /// once: a root, or a child with a parent-topic hint. None for a child that must wait for its
+    /// parent: its window's baseline topic may change until then, so the worker that claims it
+    /// reads the window from the database.
+    pub context: Option<LineageContext>,
 }
 
 /// Where committed nodes are handed to the analysis pipeline. Must not block or fail the request:
@@ -89,8 +92,10 @@ mod tests {
             node_id,
             parent_id: None,
             parent_topic_hint: None,
-            baseline_topic: String::new(),
-            full_context: "x".into(),
+            context: Some(LineageContext {
+                full_context: "x".into(),
+                baseline_topic: String::new(),
+            }),
         }
     }
 

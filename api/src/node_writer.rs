@@ -315,8 +315,7 @@ async fn announce(sinks: &Sinks, draft: NodeDraft, created: Created) -> StoredNo
         node_id: node.id,
         parent_id: node.parent_id,
         parent_topic_hint,
-        baseline_topic: created.context.baseline_topic,
-        full_context: created.context.full_context,
+        context: created.context,
     });
     StoredNode { node, json }
 }
@@ -331,6 +330,7 @@ mod tests {
     use super::*;
     use crate::{
         db::users,
+        domain::lineage::LineageContext,
         events::{AnalysisHandoff, Broadcaster},
     };
 
@@ -576,9 +576,10 @@ mod tests {
         assert_eq!(published[1], later.id);
     }
 
-    /// The hand-off carries what the pipeline needs: the lineage window, the topic before it,
-    /// and the parent's topic once the parent is analysed (the cheapest answer to "is the parent
-    /// ready?").
+    /// The hand-off carries what the pipeline needs: the parent's topic once the parent is
+    /// analysed (the cheapest answer to "is the parent ready?") and, for a node ready at once,
+    /// the lineage window and the topic before it; a child that must wait for its parent gets no
+    /// window (its worker reads it when the parent has ended).
     #[sqlx::test]
     async fn events_carry_the_lineage_and_the_parent_topic_hint(pool: PgPool) {
         let (w, rec) = writer(&pool, &NodeWriterArgs::default());
@@ -601,22 +602,25 @@ mod tests {
                     node_id: root.id,
                     parent_id: None,
                     parent_topic_hint: None,
-                    baseline_topic: String::new(),
-                    full_context: "첫 기록".into(),
+                    context: Some(LineageContext {
+                        full_context: "첫 기록".into(),
+                        baseline_topic: String::new(),
+                    }),
                 },
                 AnalysisRequested {
                     node_id: child.id,
                     parent_id: Some(root.id),
                     parent_topic_hint: None,
-                    baseline_topic: String::new(),
-                    full_context: "첫 기록\n답글".into(),
+                    context: None,
                 },
                 AnalysisRequested {
                     node_id: second.id,
                     parent_id: Some(root.id),
                     parent_topic_hint: Some("시작".into()),
-                    baseline_topic: String::new(),
-                    full_context: "첫 기록\n둘째".into(),
+                    context: Some(LineageContext {
+                        full_context: "첫 기록\n둘째".into(),
+                        baseline_topic: String::new(),
+                    }),
                 },
             ]
         );

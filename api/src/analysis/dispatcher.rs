@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::StreamExt as _;
 use mutr_proto::AnalysisRequest;
 use sqlx::PgPool;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -228,22 +229,46 @@ impl Dispatcher {
 
     /// Orders one committed node after its parent (DESIGN.md step 2) and queues it when ready.
     pub async fn order(self: &Arc<Self>, event: AnalysisRequested) {
-        let node = event.node_id;
-        let Some(parent) = event.parent_id.filter(|_| !ready_at_once(&event)) else {
-            return self.order_ready(vec![event]).await;
-        };
-        let held = match self.coordinator.hold(parent, node).await {
-            Ok(h) => Some(h),
+        if ready_at_once(&event) {
+            self.order_ready(vec![event]).await;
+        } else {
+            self.order_waiting(vec![event]).await;
+        }
+    }
+
+    /// Orders children that are not [ready at once](ready_at_once) after their parents: one
+    /// Redis step checks and holds them all, in order; those whose parent Redis does not know
+    /// as active are left to PostgreSQL, each on its own.
+    pub async fn order_waiting(self: &Arc<Self>, events: Vec<AnalysisRequested>) {
+        let pairs: Vec<(i64, i64)> = events
+            .iter()
+            .filter_map(|e| e.parent_id.map(|parent| (parent, e.node_id)))
+            .collect();
+        let held = match self.coordinator.hold_many(&pairs).await {
+            Ok(held) => Some(held),
             Err(e) => {
                 redis_fallback("hold", &e);
                 None
             }
         };
-        if held == Some(Hold::Parked) {
-            metrics::counter!("mutr_analysis_parked_total").increment(1);
-            return;
+        let redis_up = held.is_some();
+        let parked = held
+            .as_ref()
+            .map_or(0, |h| h.iter().filter(|h| **h == Hold::Parked).count());
+        if parked > 0 {
+            metrics::counter!("mutr_analysis_parked_total").increment(parked as u64);
         }
-        self.order_by_database(parent, node, held.is_some()).await;
+        let unknown = pairs
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, (parent, node))| {
+                let parked = held.as_ref().is_some_and(|h| h[i] == Hold::Parked);
+                (!parked).then(|| self.order_by_database(parent, node, redis_up))
+            });
+        futures::stream::iter(unknown)
+            .buffer_unordered(DATABASE_ORDERS)
+            .for_each(|()| async {})
+            .await;
     }
 
     /// Queues nodes that are [ready at once](ready_at_once), in order, after marking them active
@@ -256,10 +281,7 @@ impl Dispatcher {
         for event in events {
             self.queue(Job::Ready {
                 node_id: event.node_id,
-                context: Some(LineageContext {
-                    full_context: event.full_context,
-                    baseline_topic: event.baseline_topic,
-                }),
+                context: event.context,
             });
         }
     }
@@ -1042,9 +1064,13 @@ fn ready_at_once(event: &AnalysisRequested) -> bool {
 /// Most hand-off events the intake takes in one go (what queued while it was busy).
 const ORDER_BATCH: usize = 64;
 
-/// Reads the node writer's hand-off until it closes or `stop`, ordering each node. The nodes
-/// ready at once among the events that queued up are one step (one Redis round trip marks them
-/// all); every other node is a step of its own.
+/// Children of one batch whose parent PostgreSQL must judge (Redis did not know it), looked at at
+/// once.
+const DATABASE_ORDERS: usize = 8;
+
+/// Reads the node writer's hand-off until it closes or `stop`, ordering each node. Of the events
+/// that queued up, the nodes ready at once are one step (one Redis round trip marks them all) and
+/// the others another (one Redis script checks and holds them all).
 pub async fn intake(dispatcher: Arc<Dispatcher>, mut events: mpsc::Receiver<AnalysisRequested>) {
     let steps = Arc::new(Semaphore::new(
         dispatcher.settings.ordering_concurrency.max(1),
@@ -1067,9 +1093,9 @@ pub async fn intake(dispatcher: Arc<Dispatcher>, mut events: mpsc::Receiver<Anal
                 return;
             }
         }
-        for event in waiting {
+        if !waiting.is_empty() {
             let d = dispatcher.clone();
-            if !spawn_step(&steps, async move { d.order(event).await }).await {
+            if !spawn_step(&steps, async move { d.order_waiting(waiting).await }).await {
                 return;
             }
         }

@@ -41,8 +41,11 @@ pub struct Created {
     pub created_at: DateTime<Utc>,
     /// The parent's topic and status at creation; none for a root.
     pub parent: Option<(Option<String>, AnalysisStatus)>,
-    /// The lineage window.
-    pub context: LineageContext,
+    /// The lineage window, when the node can be analysed at once: a root, or a child whose parent
+    /// was `COMPLETED` with a topic (so every ancestor had ended and the window's baseline topic
+    /// is final). None otherwise: such a node waits for its parent, and the worker that claims it
+    /// reads the window then (`claims::lineage`), so a walk here would be thrown away.
+    pub context: Option<LineageContext>,
 }
 
 /// What became of one node of [`create_many`].
@@ -65,7 +68,7 @@ pub async fn create(db: impl PgExecutor<'_>, node: &NewNode<'_>) -> Result<Outco
 
 /// Creates nodes as `PENDING` in one statement (so in one transaction, with one commit): per
 /// node, reads its parent and checks its author, walks the lineage window with one recursive CTE
-/// over all nodes, and inserts the nodes whose parent and author exist (root id, rounded position;
+/// over the nodes whose parent is `COMPLETED` (see [`Created::context`]), and inserts the nodes whose parent and author exist (root id, rounded position;
 /// a root is `ORIGIN` with score 0.0). Answers one [`Outcome`] per node, in the order given. A
 /// node whose parent or author is missing is skipped without failing the others; any error of the
 /// statement (a constraint, an invalid text) stores none of them. Every read of `nodes` and
@@ -128,6 +131,7 @@ pub async fn create_many(
             SELECT p.idx, p.id, p.parent_id, p.content, p.topic, 1 AS depth, i.own_len AS acc_before
             FROM parent p JOIN input i ON i.idx = p.idx
             WHERE p.idx IN (SELECT idx FROM accepted)
+              AND p.analysis_status = 'COMPLETED' AND p.topic IS NOT NULL
           UNION ALL
             SELECT w.idx, n.id, n.parent_id, n.content, n.topic, w.depth + 1,
                    w.acc_before + char_length(w.content)
@@ -195,13 +199,19 @@ pub async fn create_many(
         .map(
             |(r, node)| match (r.id, r.root_id, r.x, r.y, r.z, r.created_at) {
                 (Some(id), Some(root_id), Some(x), Some(y), Some(z), Some(created_at)) => {
+                    let parent = r.parent_status.map(|s| (r.parent_topic, status(&s)));
+                    let ready = match &parent {
+                        None => true,
+                        Some((topic, s)) => *s == AnalysisStatus::Completed && topic.is_some(),
+                    };
                     Outcome::Created(Created {
                         id,
                         root_id,
                         position: Vec3::new(x, y, z),
                         created_at,
-                        parent: r.parent_status.map(|s| (r.parent_topic, status(&s))),
-                        context: lineage::assemble(node.content, &r.window, r.baseline_topic),
+                        parent,
+                        context: ready
+                            .then(|| lineage::assemble(node.content, &r.window, r.baseline_topic)),
                     })
                 }
                 _ if !r.author_found => Outcome::AuthorGone,
@@ -424,7 +434,7 @@ mod tests {
             "absolute and rounded"
         );
         assert_eq!(root.parent, None);
-        assert_eq!(root.context, lineage::window("root", &[]));
+        assert_eq!(root.context, Some(lineage::window("root", &[])));
 
         let child = add(&pool, a, "child", Some(root.id), (10.0, -0.123, 0.0)).await;
         assert_eq!(child.root_id, root.id);
@@ -434,7 +444,10 @@ mod tests {
             "relative to the parent"
         );
         assert_eq!(child.parent, Some((None, AnalysisStatus::Pending)));
-        assert_eq!(child.context.full_context, "root\nchild");
+        assert_eq!(
+            child.context, None,
+            "waits for its parent: no window walked"
+        );
 
         complete(&pool, child.id).await;
         let grandchild = add(&pool, a, "grandchild", Some(child.id), (0.0, 0.0, 0.0)).await;
@@ -442,6 +455,10 @@ mod tests {
         assert_eq!(
             grandchild.parent,
             Some((Some("done".to_owned()), AnalysisStatus::Completed))
+        );
+        assert_eq!(
+            grandchild.context.map(|c| c.full_context).as_deref(),
+            Some("root\nchild\ngrandchild")
         );
 
         let found = find(&pool, root.id).await.unwrap().unwrap();
@@ -567,20 +584,26 @@ mod tests {
             under_child.parent,
             Some((Some("done".to_owned()), AnalysisStatus::Completed))
         );
-        assert_eq!(under_child.context.full_context, "root\nchild\nunder child");
+        assert_eq!(
+            under_child
+                .context
+                .as_ref()
+                .map(|c| c.full_context.as_str()),
+            Some("root\nchild\nunder child")
+        );
         let Outcome::Created(long_one) = &out[5] else {
             panic!("{:?}", out[5])
         };
         // 498 + "child": the window stops at the child, whose parent's topic is the baseline.
         assert_eq!(
             long_one.context,
-            lineage(&pool, &long, Some(child.id)).await.unwrap()
+            Some(lineage(&pool, &long, Some(child.id)).await.unwrap())
         );
         let Outcome::Created(under_root) = &out[6] else {
             panic!("{:?}", out[6])
         };
         assert_eq!(under_root.root_id, root.id);
-        assert_eq!(under_root.context.full_context, "root\nunder root");
+        assert_eq!(under_root.context, None, "the root is not analysed yet");
         let mut ids: Vec<i64> = created.iter().map(|c| c.id).collect();
         ids.dedup();
         assert_eq!(ids.len(), 4, "distinct ids in input order: {ids:?}");
@@ -637,6 +660,7 @@ mod tests {
     async fn lineage_cte_matches_the_rule(pool: PgPool) {
         let a = author(&pool).await;
         let mut rng = StdRng::seed_from_u64(5);
+        let mut walked_at_creation = 0;
         for _ in 0..12 {
             let depth = rng.random_range(1..12);
             let mut chain: Vec<(i64, Ancestor)> = Vec::new(); // root first
@@ -667,8 +691,22 @@ mod tests {
             let got = lineage(&pool, &own, parent_id).await.unwrap();
             assert_eq!(got, expected, "depth {depth}, own {} chars", own.len());
             let created = add(&pool, a, &own, parent_id, (0.0, 0.0, 0.0)).await;
-            assert_eq!(created.context, expected, "create's CTE, depth {depth}");
+            // Creation walks only when the parent is analysed (the window is final then).
+            if chain.last().is_some_and(|(_, a)| a.topic.is_some()) {
+                assert_eq!(
+                    created.context,
+                    Some(expected),
+                    "create's CTE, depth {depth}"
+                );
+                walked_at_creation += 1;
+            } else {
+                assert_eq!(created.context, None, "depth {depth}");
+            }
         }
+        assert!(
+            walked_at_creation >= 4,
+            "{walked_at_creation} chains walked at creation"
+        );
         // A root has only itself.
         let got = lineage(&pool, "alone", None).await.unwrap();
         assert_eq!(got, lineage::window("alone", &[]));
