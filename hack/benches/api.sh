@@ -6,7 +6,9 @@
 # in the same run: pgbench single-row inserts into a table shaped like `nodes` (same columns,
 # defaults, checks and indexes) with the write-heavy client count.
 # Needs DATABASE_URL, REDIS_URL and pgbench (hack/bench.sh provides them).
-# Knobs: MUTR_BENCH_DURATION (30s), MUTR_BENCH_GALAXY (1000000).
+# Knobs: MUTR_BENCH_DURATION (30s), MUTR_BENCH_GALAXY (1000000); for comparing two builds,
+# MUTR_BENCH_API_BIN (a mutr-api binary to measure instead of this tree's release build) and
+# MUTR_BENCH_LOAD_ARGS (more arguments for the load bench, for example --no-seed).
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 cd "$ROOT"
@@ -19,8 +21,13 @@ galaxy="${MUTR_BENCH_GALAXY:-1000000}"
 write_users=100
 mixed_users=200
 
-cargo build -q --release -p mutr-api --bin mutr-api
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/mutr-api"
+if [ -n "${MUTR_BENCH_API_BIN:-}" ]; then
+    BIN="$MUTR_BENCH_API_BIN"
+    [ -x "$BIN" ] || die "MUTR_BENCH_API_BIN is not an executable: $BIN"
+else
+    cargo build -q --release -p mutr-api --bin mutr-api
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/mutr-api"
+fi
 # The bench binary itself, built with the same release profile (no second build by `cargo bench`).
 LOAD="$(cargo build -q --release -p mutr-api --bench load --message-format=json 2>/dev/null \
     | sed -n 's/.*"name":"load".*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
@@ -86,5 +93,6 @@ log "load: write-heavy, mixed, then /viz at $galaxy nodes"
 DATABASE_URL="$db_url" "$LOAD" \
     --url "http://127.0.0.1:$port" --duration "$duration" \
     --write-users "$write_users" --mixed-users "$mixed_users" --galaxy-nodes "$galaxy" \
-    --pgbench-tps "$tps" --pgbench-latency-ms "${lat:-0}" ${floor:+--commit-floor-ms "$floor"}
+    --pgbench-tps "$tps" --pgbench-latency-ms "${lat:-0}" ${floor:+--commit-floor-ms "$floor"} \
+    ${MUTR_BENCH_LOAD_ARGS:-}
 log "pgbench baseline: $pg_clients clients, $tps tps, average latency ${lat:-?} ms"
