@@ -335,7 +335,10 @@ pub struct Cube {
 /// when the cube is sparse. The cost then follows the number of nodes in the cube.
 /// The columns come from that same scan (which reads the rows' heap pages anyway) rather than
 /// from a second look-up of the newest by primary key: with `perf` over the `/viz` bench at
-/// 1,000,000 nodes, those B-tree descents were 14% of the machine's CPU.
+/// 1,000,000 nodes, those B-tree descents were 14% of the machine's CPU. Each author's nickname
+/// is a `LATERAL` primary-key look-up: the plain join was planned as a hash join that read the
+/// whole `users` table for every answer (7% of the machine in the same bench with 1,000 users,
+/// and growing with every guest).
 pub async fn in_cube(
     db: impl PgExecutor<'_>,
     cube: Cube,
@@ -352,11 +355,13 @@ pub async fn in_cube(
                 ARRAY[$1::float8 + $4::float8, $2::float8 + $4::float8, $3::float8 + $4::float8])
         ),
         newest AS (SELECT * FROM inside ORDER BY id DESC LIMIT $5)
-        SELECT n.id AS "id!", n.content AS "content!", u.nickname AS author_nickname, n.topic,
+        SELECT n.id AS "id!", n.content AS "content!", u.nickname AS "author_nickname!", n.topic,
                n.emotion AS "emotion!", n.mutation_filter, n.mutation_score, n.x AS "x!",
                n.y AS "y!", n.z AS "z!", n.parent_id, n.root_id AS "root_id!",
                n.created_at AS "created_at!", n.analysis_status AS "analysis_status!"
-        FROM newest n JOIN users u ON u.id = n.author_id
+        FROM newest n CROSS JOIN LATERAL (
+            SELECT nickname FROM users WHERE users.id = n.author_id LIMIT 1
+        ) u
         ORDER BY n.id DESC"#,
         cube.x,
         cube.y,
