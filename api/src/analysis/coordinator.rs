@@ -129,13 +129,8 @@ impl Coordinator {
     /// Check-and-hold: marks `child` active and parks it on `parent` when the parent is active,
     /// in one atomic step.
     pub async fn hold(&self, parent: i64, child: i64) -> redis::RedisResult<Hold> {
-        let held = self.hold_many(&[(parent, child)]).await?;
-        held.into_iter().next().ok_or_else(|| {
-            redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "the hold script gave no answer",
-            ))
-        })
+        // `hold_many` answers exactly one `Hold` per pair.
+        Ok(self.hold_many(&[(parent, child)]).await?[0])
     }
 
     /// [`hold`](Self::hold) for many `(parent, child)` pairs, in order, as one script call (one

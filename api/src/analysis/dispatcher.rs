@@ -1,8 +1,9 @@
 //! The dispatcher: from a committed node to its stored analysis.
 //!
 //! - **Intake** reads the hand-off of the node writer and orders each node after its parent
-//!   ([`Dispatcher::order`]): ready at once when the event carries the parent's topic or the node is
-//!   a root; parked in Redis when the parent is active there; else PostgreSQL decides.
+//!   ([`Dispatcher::order_ready`], [`Dispatcher::order_waiting`]): ready at once when the event
+//!   carries the parent's topic or the node is a root; parked in Redis when the parent is active
+//!   there; else PostgreSQL decides.
 //! - **Workers**: at most `MUTR_ANALYSIS_CONCURRENCY` nodes are analysed at once. A worker claims
 //!   its node in PostgreSQL (the claim checks the parent again), calls the AI server with retries,
 //!   stores the result fenced on its claim, broadcasts it, and releases the children parked on it.
@@ -227,18 +228,9 @@ impl Dispatcher {
         }
     }
 
-    /// Orders one committed node after its parent (DESIGN.md step 2) and queues it when ready.
-    pub async fn order(self: &Arc<Self>, event: AnalysisRequested) {
-        if ready_at_once(&event) {
-            self.order_ready(vec![event]).await;
-        } else {
-            self.order_waiting(vec![event]).await;
-        }
-    }
-
-    /// Orders children that are not [ready at once](ready_at_once) after their parents: one
-    /// Redis step checks and holds them all, in order; those whose parent Redis does not know
-    /// as active are left to PostgreSQL, each on its own.
+    /// Orders children that are not [ready at once](ready_at_once) after their parents
+    /// (DESIGN.md step 2): one Redis step checks and holds them all, in order; those whose parent
+    /// Redis does not know as active are left to PostgreSQL, each on its own.
     pub async fn order_waiting(self: &Arc<Self>, events: Vec<AnalysisRequested>) {
         let pairs: Vec<(i64, i64)> = events
             .iter()
