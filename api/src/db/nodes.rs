@@ -8,6 +8,7 @@ use crate::domain::{
     lineage::{self, LineageContext},
     mutation::MutationFilter,
     node::{AnalysisStatus, Node},
+    viz_key,
 };
 
 /// A node to create as `PENDING`.
@@ -328,33 +329,56 @@ pub struct Cube {
     pub range: f64,
 }
 
+/// How many key ranges a cube is split into (see [`viz_key::ranges`]): each is one descent of
+/// `nodes_viz`. On the bench's galaxy of 1,000,000 nodes, 8 to 32 ranges answered at the same
+/// speed; fewer read more index entries outside the cube, more descend more often.
+pub const VIZ_KEY_RANGES: usize = 16;
+
 /// The nodes inside `cube`, newest first, at most `limit`.
 ///
-/// The cube is searched first, through the 3-D GiST index `nodes_xyz`, in a materialized CTE: otherwise a cached
-/// generic plan may walk the primary key backwards and filter, which reads most of a large galaxy
-/// when the cube is sparse. The cost then follows the number of nodes in the cube.
-/// The columns come from that same scan (which reads the rows' heap pages anyway) rather than
-/// from a second look-up of the newest by primary key: with `perf` over the `/viz` bench at
-/// 1,000,000 nodes, those B-tree descents were 14% of the machine's CPU. Each author's nickname
-/// is a `LATERAL` primary-key look-up: the plain join was planned as a hash join that read the
-/// whole `users` table for every answer (7% of the machine in the same bench with 1,000 users,
-/// and growing with every guest).
+/// The cube becomes a few ranges of the Morton key (`domain::viz_key`), and each range is one
+/// scan of the B-tree `nodes_viz` over `(mutr_viz_key(x, y, z), x, y, z)`: the exact bounds on x,
+/// y and z are index conditions too, so a row is read only when it is inside the cube. The
+/// `OFFSET 0` keeps that scan a nested loop over the ranges, in every plan, generic ones included.
+/// The scan runs in a materialized CTE: otherwise a cached generic plan may walk the primary key
+/// backwards and filter, which reads most of a large galaxy when the cube is sparse. The columns
+/// come from that same scan (which reads the rows anyway) rather than from a second look-up of
+/// the newest by primary key: with `perf` over the `/viz` bench at 1,000,000 nodes, those B-tree
+/// descents were 14% of the machine's CPU. Each author's nickname is a `LATERAL` primary-key
+/// look-up: the plain join was planned as a hash join that read the whole `users` table for
+/// every answer (7% of the machine in the same bench with 1,000 users, and growing with every
+/// guest).
 pub async fn in_cube(
     db: impl PgExecutor<'_>,
     cube: Cube,
     limit: i64,
 ) -> Result<Vec<Node>, sqlx::Error> {
+    let lo = [
+        cube.x - cube.range,
+        cube.y - cube.range,
+        cube.z - cube.range,
+    ];
+    let hi = [
+        cube.x + cube.range,
+        cube.y + cube.range,
+        cube.z + cube.range,
+    ];
+    let (first, last): (Vec<i64>, Vec<i64>) =
+        viz_key::ranges(lo, hi, VIZ_KEY_RANGES).into_iter().unzip();
     let rows = sqlx::query_as!(
         NodeRow,
         r#"WITH inside AS MATERIALIZED (
-            SELECT id, content, author_id, topic, emotion, mutation_filter, mutation_score,
-                   x, y, z, parent_id, root_id, created_at, analysis_status
-            FROM nodes
-            WHERE cube(ARRAY[x, y, z]) <@ cube(
-                ARRAY[$1::float8 - $4::float8, $2::float8 - $4::float8, $3::float8 - $4::float8],
-                ARRAY[$1::float8 + $4::float8, $2::float8 + $4::float8, $3::float8 + $4::float8])
+            SELECT n.* FROM unnest($7::int8[], $8::int8[]) AS k(first, last)
+            CROSS JOIN LATERAL (
+                SELECT id, content, author_id, topic, emotion, mutation_filter, mutation_score,
+                       x, y, z, parent_id, root_id, created_at, analysis_status
+                FROM nodes
+                WHERE mutr_viz_key(x, y, z) BETWEEN k.first AND k.last
+                  AND x BETWEEN $1 AND $2 AND y BETWEEN $3 AND $4 AND z BETWEEN $5 AND $6
+                OFFSET 0
+            ) n
         ),
-        newest AS (SELECT * FROM inside ORDER BY id DESC LIMIT $5)
+        newest AS (SELECT * FROM inside ORDER BY id DESC LIMIT $9)
         SELECT n.id AS "id!", n.content AS "content!", u.nickname AS "author_nickname!", n.topic,
                n.emotion AS "emotion!", n.mutation_filter, n.mutation_score, n.x AS "x!",
                n.y AS "y!", n.z AS "z!", n.parent_id, n.root_id AS "root_id!",
@@ -363,10 +387,14 @@ pub async fn in_cube(
             SELECT nickname FROM users WHERE users.id = n.author_id LIMIT 1
         ) u
         ORDER BY n.id DESC"#,
-        cube.x,
-        cube.y,
-        cube.z,
-        cube.range,
+        lo[0],
+        hi[0],
+        lo[1],
+        hi[1],
+        lo[2],
+        hi[2],
+        &first,
+        &last,
         limit,
     )
     .fetch_all(db)
@@ -755,9 +783,105 @@ mod tests {
         assert!(in_cube(&pool, off, 100).await.unwrap().is_empty());
     }
 
+    /// The Morton key PostgreSQL stores in `nodes_viz` is the one the API computes its ranges
+    /// with, at the origin, across cell borders, at and past the edges of the keyed space, and
+    /// for random positions.
+    #[sqlx::test]
+    async fn the_database_computes_the_same_viz_key(pool: PgPool) {
+        let mut at: Vec<[f64; 3]> = vec![
+            [0.0, 0.0, 0.0],
+            [-0.0, 0.5, -0.5],
+            [0.999, -0.001, 1.0],
+            [1_048_575.0, 1_048_575.99, 1_048_576.0],
+            [-1_048_576.0, -1_048_576.5, -1_048_577.0],
+            [1e12, -1e12, 123.45],
+            [f64::MAX, f64::MIN, f64::MIN_POSITIVE],
+        ];
+        let mut rng = StdRng::seed_from_u64(11);
+        for _ in 0..500 {
+            let scale = [10.0, 5_000.0, 2_000_000.0][rng.random_range(0..3)];
+            at.push(std::array::from_fn(|_| rng.random_range(-scale..scale)));
+        }
+        let xs: Vec<f64> = at.iter().map(|p| p[0]).collect();
+        let ys: Vec<f64> = at.iter().map(|p| p[1]).collect();
+        let zs: Vec<f64> = at.iter().map(|p| p[2]).collect();
+        let got: Vec<i64> = sqlx::query_scalar(
+            "SELECT mutr_viz_key(x, y, z) FROM unnest($1::float8[], $2::float8[], $3::float8[])
+             WITH ORDINALITY AS p(x, y, z, i) ORDER BY i",
+        )
+        .bind(&xs)
+        .bind(&ys)
+        .bind(&zs)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for (p, key) in at.iter().zip(got) {
+            assert_eq!(key, viz_key::key(p[0], p[1], p[2]), "{p:?}");
+        }
+    }
+
+    /// `in_cube` answers what a plain filter on x, y and z answers, for random cubes over
+    /// clustered nodes, small cubes, cubes across the origin and cubes larger than the galaxy.
+    #[sqlx::test]
+    async fn in_cube_finds_what_a_plain_filter_finds(pool: PgPool) {
+        let a = author(&pool).await;
+        sqlx::query(
+            "INSERT INTO nodes (id, content, author_id, root_id, x, y, z)
+             SELECT g, 'n', $1, g,
+                    round(((g % 7) * 300 - 900 + (random() - 0.5) * 200)::numeric, 2)::float8,
+                    round(((g % 5) * 300 - 600 + (random() - 0.5) * 200)::numeric, 2)::float8,
+                    round(((random() - 0.5) * 1000)::numeric, 2)::float8
+             FROM generate_series(1, 3000) g",
+        )
+        .bind(a)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut found = 0;
+        for round in 0..60 {
+            let range = match round % 4 {
+                0 => rng.random_range(0.0..5.0),
+                1 => rng.random_range(5.0..300.0),
+                2 => rng.random_range(300.0..3000.0),
+                _ => 200.0,
+            };
+            let cube = Cube {
+                x: rng.random_range(-1200.0..1200.0),
+                y: rng.random_range(-900.0..900.0),
+                z: rng.random_range(-600.0..600.0),
+                range,
+            };
+            let got: Vec<i64> = in_cube(&pool, cube, 100_000)
+                .await
+                .unwrap()
+                .iter()
+                .map(|n| n.id)
+                .collect();
+            let want: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM nodes
+                 WHERE x BETWEEN $1 - $4 AND $1 + $4 AND y BETWEEN $2 - $4 AND $2 + $4
+                   AND z BETWEEN $3 - $4 AND $3 + $4
+                 ORDER BY id DESC",
+            )
+            .bind(cube.x)
+            .bind(cube.y)
+            .bind(cube.z)
+            .bind(cube.range)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            assert_eq!(got, want, "{cube:?}");
+            found += got.len();
+        }
+        assert!(found > 3000, "the cubes held only {found} nodes");
+    }
+
+    /// A plan check rather than a timing: with enough rows, every range is one scan of the
+    /// B-tree `nodes_viz` with the exact bounds as index conditions, in a custom plan and in the
+    /// generic plan a prepared statement falls back to.
     #[sqlx::test]
     async fn in_cube_uses_the_spatial_index(pool: PgPool) {
-        // A plan check rather than a timing: with enough rows the GiST index must be chosen.
         let a = author(&pool).await;
         sqlx::query(
             "INSERT INTO nodes (id, content, author_id, root_id, x, y, z)
@@ -769,19 +893,54 @@ mod tests {
         .await
         .unwrap();
         sqlx::query("ANALYZE nodes").execute(&pool).await.unwrap();
-        let plan: Vec<String> = sqlx::query_scalar(
-            "EXPLAIN WITH inside AS MATERIALIZED (
-                SELECT id FROM nodes
-                WHERE cube(ARRAY[x, y, z]) <@ cube(ARRAY[-10, -10, -10]::float8[], ARRAY[10, 10, 10]::float8[])
-             ),
-             newest AS (SELECT id FROM inside ORDER BY id DESC LIMIT 5000)
-             SELECT n.id FROM newest JOIN nodes n ON n.id = newest.id ORDER BY n.id DESC",
+        let (first, last): (Vec<i64>, Vec<i64>) =
+            viz_key::ranges([-10.0; 3], [10.0; 3], VIZ_KEY_RANGES)
+                .into_iter()
+                .unzip();
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query(
+            "PREPARE viz(float8, float8, int8[], int8[]) AS
+             WITH inside AS MATERIALIZED (
+                SELECT n.id FROM unnest($3, $4) AS k(first, last)
+                CROSS JOIN LATERAL (
+                    SELECT id FROM nodes
+                    WHERE mutr_viz_key(x, y, z) BETWEEN k.first AND k.last
+                      AND x BETWEEN $1 AND $2 AND y BETWEEN $1 AND $2 AND z BETWEEN $1 AND $2
+                    OFFSET 0
+                ) n
+             )
+             SELECT id FROM inside ORDER BY id DESC LIMIT 5000",
         )
-        .fetch_all(&pool)
+        .execute(&mut *conn)
         .await
         .unwrap();
-        let plan = plan.join("\n");
-        assert!(plan.contains("nodes_xyz"), "{plan}");
+        for (mode, set) in [
+            ("custom", "SET plan_cache_mode = force_custom_plan"),
+            ("generic", "SET plan_cache_mode = force_generic_plan"),
+        ] {
+            sqlx::query(set).execute(&mut *conn).await.unwrap();
+            // EXPLAIN takes no bind parameters: the ranges are written in (numbers only).
+            let list = |keys: &[i64]| {
+                let keys: Vec<String> = keys.iter().map(i64::to_string).collect();
+                format!("'{{{}}}'", keys.join(","))
+            };
+            let explain = format!(
+                "EXPLAIN EXECUTE viz(-10, 10, {}, {})",
+                list(&first),
+                list(&last)
+            );
+            let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("Index Scan using nodes_viz"),
+                "{mode}: {plan}"
+            );
+            assert!(plan.contains("Nested Loop"), "{mode}: {plan}");
+            assert!(!plan.contains("Filter"), "{mode}: {plan}");
+        }
     }
 
     /// The node writer's statement, on the writer's own connections, runs one cached plan from

@@ -5,3 +5,4 @@ pub mod lineage;
 pub mod mutation;
 pub mod nickname;
 pub mod node;
+pub mod viz_key;

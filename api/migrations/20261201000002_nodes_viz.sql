@@ -1,0 +1,12 @@
+-- no-transaction
+-- /viz, expand step 2 of 2: a B-tree over (Morton key, x, y, z). A cube becomes a few key ranges
+-- (api/src/domain/viz_key.rs); each is one short run of the index, and the exact coordinates
+-- are compared in the index before any row is read, where the cube GiST index nodes_xyz
+-- compares the query with every entry of ~110 overlapping pages (api/README.md, Benchmark). A
+-- B-tree insert is cheaper than a GiST one too. nodes_xyz stays for this release: the colour still serving during
+-- the switchover queries it. The next release drops it (contract).
+--
+-- CONCURRENTLY: no lock that blocks the writes of the colour still serving. If the build is
+-- interrupted, PostgreSQL keeps an invalid nodes_viz and the next `mutr-api migrate` stops at
+-- "relation nodes_viz already exists"; run `DROP INDEX CONCURRENTLY nodes_viz;` and migrate again.
+CREATE INDEX CONCURRENTLY nodes_viz ON nodes (mutr_viz_key(x, y, z), x, y, z);
