@@ -11,6 +11,11 @@ use mutr_api::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc rather than glibc's allocator: under the write-heavy bench glibc's `malloc`, `free`
+/// and `malloc_consolidate` were a quarter of the API's CPU (api/README.md, Benchmark).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
