@@ -114,10 +114,10 @@ fn merged(octants: impl IntoIterator<Item = Octant>) -> Vec<(u64, u64)> {
 /// covered by at most 8 aligned octants).
 ///
 /// The box is first covered by the smallest aligned octants at least as wide as it (at most two
-/// per axis); those inside it are taken whole, and the largest of those across its faces is split
-/// into its eight children, again and again, while the merged ranges still fit the budget. A range may hold
-/// keys of cells outside the box; the index compares the exact coordinates, so those cost a few
-/// index entries read, not a wrong answer.
+/// per axis); those inside it are taken whole, and the largest of those across its faces is
+/// split into its eight children, again and again, while the merged ranges still fit the
+/// budget. A range may hold keys of cells outside the box; the index compares the exact
+/// coordinates, so those cost a few index entries read, not a wrong answer.
 pub fn ranges(lo: [f64; 3], hi: [f64; 3], budget: usize) -> Vec<(i64, i64)> {
     let lo = lo.map(cell);
     let hi = hi.map(cell);
@@ -262,7 +262,8 @@ mod tests {
             prop_assert!(r.iter().any(|&(a, b)| a <= k && k <= b), "{k} not in {r:?}");
             // The corners too.
             for corner in 0..8 {
-                let c: [f64; 3] = std::array::from_fn(|i| if corner >> i & 1 == 0 { lo[i] } else { hi[i] });
+                let c: [f64; 3] =
+                    std::array::from_fn(|i| if corner >> i & 1 == 0 { lo[i] } else { hi[i] });
                 let k = key(c[0], c[1], c[2]);
                 prop_assert!(r.iter().any(|&(a, b)| a <= k && k <= b), "corner {c:?}");
             }
