@@ -747,6 +747,15 @@ mod tests {
         assert_eq!(got, lineage::window("alone", &[]));
     }
 
+    async fn ids_in_cube(pool: &PgPool, cube: Cube, limit: i64) -> Vec<i64> {
+        in_cube(pool, cube, limit)
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.id)
+            .collect()
+    }
+
     #[sqlx::test]
     async fn in_cube_filters_each_axis_and_caps_newest_first(pool: PgPool) {
         let a = author(&pool).await;
@@ -767,19 +776,9 @@ mod tests {
             z: 0.0,
             range: 10.0,
         };
-        let got: Vec<i64> = in_cube(&pool, cube, 100)
-            .await
-            .unwrap()
-            .iter()
-            .map(|n| n.id)
-            .collect();
+        let got: Vec<i64> = ids_in_cube(&pool, cube, 100).await;
         assert_eq!(got, vec![ids[2], ids[1], ids[0]]);
-        let capped: Vec<i64> = in_cube(&pool, cube, 2)
-            .await
-            .unwrap()
-            .iter()
-            .map(|n| n.id)
-            .collect();
+        let capped: Vec<i64> = ids_in_cube(&pool, cube, 2).await;
         assert_eq!(capped, vec![ids[2], ids[1]]);
         let off = Cube { x: 100.0, ..cube };
         assert!(in_cube(&pool, off, 100).await.unwrap().is_empty());
@@ -854,12 +853,7 @@ mod tests {
                 z: rng.random_range(-600.0..600.0),
                 range,
             };
-            let got: Vec<i64> = in_cube(&pool, cube, 100_000)
-                .await
-                .unwrap()
-                .iter()
-                .map(|n| n.id)
-                .collect();
+            let got: Vec<i64> = ids_in_cube(&pool, cube, 100_000).await;
             let want: Vec<i64> = sqlx::query_scalar(
                 "SELECT id FROM nodes
                  WHERE x BETWEEN $1 - $4 AND $1 + $4 AND y BETWEEN $2 - $4 AND $2 + $4
