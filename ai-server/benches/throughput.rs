@@ -16,7 +16,8 @@
 //! `MUTR_BENCH_REQUESTS` sets the requests per level (default 48 for the tiny models, 24 for
 //! others), `MUTR_BENCH_PROBE_REQUESTS` those of the probe (default the same); `n_threads` and
 //! `MUTR_GEN_CONTEXTS` override the servers' layout (to compare layouts by hand);
-//! `n_gpu_layers` offloads layers on a `cuda` build.
+//! `MUTR_EMBED_PARALLEL` the texts per embedding decode; `n_gpu_layers` offloads layers on a
+//! `cuda` build.
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,8 @@ mod common;
 use common::ModelPair;
 use mutr_ai_server::llm::probe::{ProbeLayout, RequestWork, ceiling};
 use mutr_ai_server::llm::{
-    EmbedSettings, GenSettings, Layout, LoadedModel, available_cores, embed_threads,
+    EmbedSettings, GenSettings, Layout, LoadedModel, available_cores, default_embed_parallel,
+    embed_threads,
 };
 use mutr_ai_server::models;
 use mutr_ai_server::server::{self, ModelSource, ServerConfig};
@@ -143,7 +145,8 @@ async fn start(parallel: u32, models: &(LoadedModel, LoadedModel), korean: bool)
     let layout = generate.layout(available_cores(), models.0.shape());
     let embed_threads = threads.unwrap_or_else(|| embed_threads(available_cores()));
     let embed = EmbedSettings {
-        parallel: parallel.next_power_of_two(),
+        parallel: common::env_number("MUTR_EMBED_PARALLEL")
+            .unwrap_or_else(|| default_embed_parallel(parallel, common::gpu_layers())),
         n_batch: 2048,
         n_threads: embed_threads,
         text_prefix: std::env::var("MUTR_EMBED_PREFIX").unwrap_or_default(),

@@ -99,7 +99,8 @@ pub struct ServeArgs {
     #[arg(long, env = "MUTR_GEN_CONTEXTS", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub gen_contexts: Option<u32>,
     /// Texts embedded in one decode; a power of two (llama.cpp aborts on others with MEAN
-    /// pooling). Default: `--parallel` rounded up to a power of two.
+    /// pooling). Default: `--parallel` rounded up to a power of two; 1 with `n_gpu_layers` above
+    /// 0, where packed texts' embeddings depend on each other (ai-server/README.md, GPU).
     #[arg(long, env = "MUTR_EMBED_PARALLEL")]
     pub embed_parallel: Option<u32>,
     /// Context length of each sequence in tokens (the old per-request context); the context
@@ -175,7 +176,7 @@ impl ServeArgs {
     /// The embedding parallelism.
     pub fn embed_parallel(&self) -> u32 {
         self.embed_parallel
-            .unwrap_or_else(|| self.parallel.next_power_of_two())
+            .unwrap_or_else(|| crate::llm::default_embed_parallel(self.parallel, self.n_gpu_layers))
     }
 }
 
@@ -239,6 +240,24 @@ mod tests {
             panic!("not serve")
         };
         assert_eq!(s.embed_parallel(), 4);
+        let cli = Cli::try_parse_from(["mutr-ai-server", "serve", "--n-gpu-layers", "99"]).unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.embed_parallel(), 1, "one text per decode on a GPU");
+        let cli = Cli::try_parse_from([
+            "mutr-ai-server",
+            "serve",
+            "--n-gpu-layers",
+            "99",
+            "--embed-parallel",
+            "8",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.embed_parallel(), 8, "set by hand");
         assert!(Cli::try_parse_from(["mutr-ai-server", "serve", "--parallel", "0"]).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! End to end over a real socket with the real tiny models: health, a real analysis, batching
-//! determinism, bad input, overload, cancellation, the result cache and drain.
+//! determinism (the whole answer on the CPU, the mutation score on a GPU), bad input, overload,
+//! cancellation, the result cache and drain.
 
 mod common;
 
@@ -203,7 +204,7 @@ async fn greedy_output_does_not_depend_on_the_batch() {
     // the same burst as the others, so it starts decoding together with all of them.
     for round in 0..3 {
         let batched = among_others(&client, &probe, &others, round).await;
-        assert_eq!(batched, alone, "round {round}: among 8 others");
+        same_answer(&batched, &alone, &format!("round {round}: among 8 others"));
     }
     let text = server.metrics_text().await;
     let labels = "{worker=\"generate\",phase=\"decode\"}";
@@ -226,9 +227,10 @@ async fn greedy_output_does_not_depend_on_the_batch() {
     let client = split.client().await;
     for round in [0, 2] {
         let batched = among_others(&client, &probe, &others, round).await;
-        assert_eq!(
-            batched, alone,
-            "two contexts, round {round}: among 8 others"
+        same_answer(
+            &batched,
+            &alone,
+            &format!("two contexts, round {round}: among 8 others"),
         );
     }
     let text = split.metrics_text().await;
@@ -243,6 +245,24 @@ async fn greedy_output_does_not_depend_on_the_batch() {
         );
     }
     split.stop().await.unwrap();
+}
+
+/// Whether an answer given among others is the one given alone. On the CPU all of it is. On a GPU
+/// only the mutation score is: llama.cpp's CUDA kernels reduce in an order that depends on the
+/// batch and the context's shape, so greedy decoding may pick another token (on an H200 the topic
+/// of the two-context server gained two words), while each text is embedded alone there
+/// (`default_embed_parallel`) and its embedding depends on that text only. ai-server/README.md,
+/// "GPU", has the figures.
+#[track_caller]
+fn same_answer(batched: &AnalysisResponse, alone: &AnalysisResponse, what: &str) {
+    if gpu_layers() == 0 {
+        assert_eq!(batched, alone, "{what}");
+    } else {
+        assert_eq!(
+            batched.mutation_score, alone.mutation_score,
+            "{what}: {batched:?} against {alone:?}"
+        );
+    }
 }
 
 /// Sends `others` at once with `probe` among them (round 0 and 1: after the fourth and fifth

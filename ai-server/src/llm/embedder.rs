@@ -67,6 +67,23 @@ impl EmbedSettings {
     }
 }
 
+/// The default number of texts embedded in one decode: the generative parallelism rounded up to a
+/// power of two on the CPU, one on a GPU (`n_gpu_layers > 0`).
+///
+/// On the CPU llama.cpp computes each row of a matrix product and each sequence's attention in an
+/// order that does not depend on the other rows, so a text's embedding is the same alone or
+/// packed with others. Its CUDA kernels are picked by batch shape and reduce in a shape-dependent
+/// order (llama.cpp issue 3014), so a packed text's embedding, and the mutation score computed
+/// from it, changed with the other requests in flight (0.3232 alone, 0.3172 among eight others on
+/// an H200). One text per decode makes it depend on that text alone.
+pub fn default_parallel(gen_parallel: u32, n_gpu_layers: u32) -> u32 {
+    if n_gpu_layers > 0 {
+        1
+    } else {
+        gen_parallel.next_power_of_two()
+    }
+}
+
 /// Texts to embed for one request.
 pub(crate) struct EmbedJob {
     texts: Vec<String>,

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::analysis::prompt::Prompt;
 use crate::engine::{EngineError, Models};
 
-pub use embedder::EmbedSettings;
+pub use embedder::{EmbedSettings, default_parallel as default_embed_parallel};
 pub use generator::{GenSettings, Layout, ModelShape, available_cores, embed_threads};
 
 /// Errors loading the models or starting their workers.

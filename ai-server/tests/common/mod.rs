@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use mutr_ai_server::llm::{EmbedSettings, GenSettings, LoadedModel};
+use mutr_ai_server::llm::{EmbedSettings, GenSettings, LoadedModel, default_embed_parallel};
 use mutr_ai_server::models::{self, Manifest};
 use mutr_ai_server::server::{self, ModelSource, ServeError, ServerConfig};
 use mutr_ai_server::service::Limits;
@@ -43,6 +43,15 @@ pub fn gpu_layers() -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// Texts embedded in one decode: `MUTR_EMBED_PARALLEL` as the server reads it, else the server's
+/// default for `parallel` generative sequences and [`gpu_layers`].
+pub fn embed_parallel(parallel: u32) -> u32 {
+    std::env::var("MUTR_EMBED_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| default_embed_parallel(parallel, gpu_layers()))
 }
 
 /// The tiny models, loaded once per process.
@@ -127,7 +136,7 @@ pub fn config(o: &Opts, models: ModelSource) -> ServerConfig {
             contexts: Some(o.gen_contexts),
         },
         embed: EmbedSettings {
-            parallel: o.parallel.next_power_of_two(),
+            parallel: embed_parallel(o.parallel),
             n_batch: 2048,
             n_threads: 1,
             text_prefix: String::new(),
