@@ -5,8 +5,8 @@
 //! posting nodes; mixed: 200 users, one write to four `/viz` reads), then `/viz` on a galaxy grown
 //! to 1,000,000 nodes. Prints
 //! requests/s, p50/p95/p99 and errors, and a table against the baselines measured in the same run
-//! (pgbench's prepared single-row inserts at its fastest client count, passed in by the script) and the
-//! targets of issue 15 (creation at least 1.5x pgbench, write p95 under 15 ms, `/viz` p95 under
+//! (pgbench's prepared single-row inserts at its fastest client count, and as the ceiling of group
+//! commit its 64-row inserts, both passed in by the script) and the targets of issue 15 (creation at least 1.5x pgbench, write p95 under 15 ms, `/viz` p95 under
 //! 5 ms at 1,000,000 nodes, no errors).
 
 #![forbid(unsafe_code)]
@@ -61,6 +61,10 @@ struct Args {
     /// pgbench's single-row insert rate (transactions/s), prepared, at its fastest client count.
     #[arg(long)]
     pgbench_tps: Option<f64>,
+    /// Rows/s pgbench stores with 64 rows per statement and commit into the same table, at its
+    /// fastest client count: the ceiling of any group commit on this machine.
+    #[arg(long)]
+    pgbench_rows_64: Option<f64>,
     /// pgbench's average latency in ms with one client (one insert and its commit, nothing
     /// queued): the floor under any write's latency on this database, same run.
     #[arg(long)]
@@ -719,6 +723,15 @@ async fn main() -> anyhow::Result<()> {
             write_row.rps,
             format!("pgbench {tps:.0}, 1.5x target"),
             write_row.rps / tps
+        );
+    }
+    if let Some(rows) = args.pgbench_rows_64 {
+        println!(
+            "{:<44} {:>12.0} {:>26} {:>8.2}",
+            "node creation vs 64-row inserts (ceiling)",
+            write_row.rps,
+            format!("pgbench {rows:.0} rows/s"),
+            write_row.rps / rows
         );
     }
     println!(

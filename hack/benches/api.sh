@@ -5,7 +5,8 @@
 # nodes the write phases stored, so that figure does not depend on them). Baseline measured
 # in the same run: pgbench single-row inserts into a table shaped like `nodes` (same columns,
 # defaults, checks and indexes), prepared, with the client count (of 8 to 100) that inserts
-# fastest on this machine.
+# fastest on this machine; and, as the ceiling of any group commit, pgbench inserting 64 rows per
+# statement into the same table at its fastest client count (of 1 to 8).
 # Needs DATABASE_URL, REDIS_URL and pgbench (hack/bench.sh provides them).
 # Knobs: MUTR_BENCH_DURATION (30s), MUTR_BENCH_GALAXY (1000000); for comparing two builds,
 # MUTR_BENCH_API_BIN (a mutr-api binary to measure instead of this tree's release build) and
@@ -68,10 +69,10 @@ SQL
 # the simple protocol on the 2-core machine), and the client count that inserts fastest here,
 # picked by a 10 s run of each (on 2 cores with fsync on, 32 clients beat 90 by about a fifth).
 # Each run starts on an empty table, as the API's write phase starts on a nearly empty `nodes`.
-# $1 clients, $2 seconds; prints "tps latency_ms".
+# $1 clients, $2 seconds, $3 the script (insert.sql); prints "tps latency_ms".
 pgbench_run() {
     psql -q -v ON_ERROR_STOP=1 "$db_url" -c "TRUNCATE bench_nodes" >/dev/null
-    pgbench -n -M prepared -c "$1" -j 2 -T "$2" -f "$workdir/insert.sql" "$db_url" >"$workdir/pgbench.log" 2>&1 \
+    pgbench -n -M prepared -c "$1" -j 2 -T "$2" -f "$workdir/${3:-insert.sql}" "$db_url" >"$workdir/pgbench.log" 2>&1 \
         || { cat "$workdir/pgbench.log" >&2; die "pgbench failed"; }
     local tps lat
     tps="$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$workdir/pgbench.log" | tail -n1)"
@@ -93,6 +94,26 @@ read -r tps lat < <(pgbench_run "$best_clients" "$secs")
 # The floor under any write's latency: one client, one insert and its commit at a time.
 log "baseline: pgbench, 1 client, single-row inserts for 10 s (the commit latency floor)"
 read -r _ floor < <(pgbench_run 1 10)
+# The ceiling of group commit: 64 rows per statement and commit (the API's most per batch), the
+# same rows into the same table, at the client count (of 1 to 8) that stores rows fastest. No
+# grouping of node creations can store rows faster than this on this machine; the API's batches
+# also check three foreign keys and look up parents and authors, which this table does not.
+cat >"$workdir/insert64.sql" <<'SQL'
+INSERT INTO bench_nodes (content, author_id, parent_id, root_id, x, y, z)
+SELECT '오늘 하늘 구름 바다 기억 마음 바람 여행 커피 음악 친구 산책', 1, 1, 1,
+       floor(random() * 4001) - 2000, floor(random() * 4001) - 2000, floor(random() * 4001) - 2000
+FROM generate_series(1, 64);
+SQL
+best64_clients=0
+best64_tps=0
+for c in 1 2 4 8; do
+    read -r t _ < <(pgbench_run "$c" 10 insert64.sql)
+    log "ceiling sweep: pgbench, $c clients, prepared 64-row inserts: $t tps ($(awk -v t="$t" 'BEGIN { printf "%.0f", t * 64 }') rows/s)"
+    if awk -v a="$t" -v b="$best64_tps" 'BEGIN { exit !(a > b) }'; then best64_clients=$c; best64_tps=$t; fi
+done
+log "ceiling: pgbench, $best64_clients clients (the fastest), prepared 64-row inserts for $duration"
+read -r tps64 _ < <(pgbench_run "$best64_clients" "$secs" insert64.sql)
+rows64="$(awk -v t="$tps64" 'BEGIN { printf "%.1f", t * 64 }')"
 psql -q "$db_url" -c "DROP TABLE bench_nodes" >/dev/null
 
 port="$(free_port 18090)"
@@ -111,6 +132,7 @@ log "load: write-heavy, mixed, then /viz at $galaxy nodes"
 DATABASE_URL="$db_url" "$LOAD" \
     --url "http://127.0.0.1:$port" --duration "$duration" \
     --write-users "$write_users" --mixed-users "$mixed_users" --galaxy-nodes "$galaxy" \
-    --pgbench-tps "$tps" ${floor:+--commit-floor-ms "$floor"} \
+    --pgbench-tps "$tps" ${floor:+--commit-floor-ms "$floor"} --pgbench-rows-64 "$rows64" \
     ${MUTR_BENCH_LOAD_ARGS:-}
 log "pgbench baseline: $best_clients clients, prepared, $tps tps, average latency ${lat:-?} ms"
+log "group commit's ceiling: pgbench, $best64_clients clients, prepared 64-row inserts, $rows64 rows/s"
