@@ -95,8 +95,8 @@ read -r tps lat < <(pgbench_run "$best_clients" "$secs")
 log "baseline: pgbench, 1 client, single-row inserts for 10 s (the commit latency floor)"
 read -r _ floor < <(pgbench_run 1 10)
 # The ceiling of group commit: 64 rows per statement and commit (the API's most per batch), the
-# same rows into the same table, at the client count (of 1 to 8) that stores rows fastest. No
-# grouping of node creations can store rows faster than this on this machine; the API's batches
+# same rows into the same table, at the client count (of 1 to 8) that stores rows fastest. No group
+# commit of at most 64 nodes can store rows faster than this on this machine; the API's batches
 # also check three foreign keys and look up parents and authors, which this table does not.
 cat >"$workdir/insert64.sql" <<'SQL'
 INSERT INTO bench_nodes (content, author_id, parent_id, root_id, x, y, z)
