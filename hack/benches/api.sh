@@ -80,14 +80,23 @@ pgbench_run() {
     [ -n "$tps" ] || { cat "$workdir/pgbench.log" >&2; die "could not read pgbench's tps"; }
     echo "$tps ${lat:-0}"
 }
-best_clients=0
-best_tps=0
+# The client count of "$@" at which pgbench runs $1 (a script) fastest, 10 s each; logs each run
+# as $2 (what it inserts). Prints the count.
+fastest_clients() {
+    local script=$1 what=$2 best=0 best_tps=0 c t
+    shift 2
+    for c in "$@"; do
+        read -r t _ < <(pgbench_run "$c" 10 "$script") || return 1
+        log "sweep: pgbench, $c clients, prepared $what: $t tps"
+        if awk -v a="$t" -v b="$best_tps" 'BEGIN { exit !(a > b) }'; then best=$c; best_tps=$t; fi
+    done
+    echo "$best"
+}
+sweep=()
 for c in 8 16 32 64 "$pg_clients"; do
-    [ "$c" -le "$pg_clients" ] || continue
-    read -r t _ < <(pgbench_run "$c" 10)
-    log "baseline sweep: pgbench, $c clients, prepared single-row inserts: $t tps"
-    if awk -v a="$t" -v b="$best_tps" 'BEGIN { exit !(a > b) }'; then best_clients=$c; best_tps=$t; fi
+    if [ "$c" -le "$pg_clients" ]; then sweep+=("$c"); fi
 done
+best_clients="$(fastest_clients insert.sql "single-row inserts" "${sweep[@]}")"
 secs="$(( $(sed -E 's/s$//' <<<"$duration") ))"
 log "baseline: pgbench, $best_clients clients (the fastest), prepared single-row inserts for $duration"
 read -r tps lat < <(pgbench_run "$best_clients" "$secs")
@@ -104,13 +113,7 @@ SELECT '오늘 하늘 구름 바다 기억 마음 바람 여행 커피 음악 �
        floor(random() * 4001) - 2000, floor(random() * 4001) - 2000, floor(random() * 4001) - 2000
 FROM generate_series(1, 64);
 SQL
-best64_clients=0
-best64_tps=0
-for c in 1 2 4 8; do
-    read -r t _ < <(pgbench_run "$c" 10 insert64.sql)
-    log "ceiling sweep: pgbench, $c clients, prepared 64-row inserts: $t tps ($(awk -v t="$t" 'BEGIN { printf "%.0f", t * 64 }') rows/s)"
-    if awk -v a="$t" -v b="$best64_tps" 'BEGIN { exit !(a > b) }'; then best64_clients=$c; best64_tps=$t; fi
-done
+best64_clients="$(fastest_clients insert64.sql "64-row inserts" 1 2 4 8)"
 log "ceiling: pgbench, $best64_clients clients (the fastest), prepared 64-row inserts for $duration"
 read -r tps64 _ < <(pgbench_run "$best64_clients" "$secs" insert64.sql)
 rows64="$(awk -v t="$tps64" 'BEGIN { printf "%.1f", t * 64 }')"

@@ -39,18 +39,18 @@ pub fn model_files() -> (PathBuf, PathBuf) {
 /// Layers offloaded to the GPU: `n_gpu_layers` as the server reads it (a `cuda` build on a GPU
 /// machine, `hack/gpu/device-bench.sh`), else none.
 pub fn gpu_layers() -> u32 {
-    std::env::var("n_gpu_layers")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    env_number("n_gpu_layers").unwrap_or(0)
+}
+
+/// A number from the environment, as the server parses its settings.
+fn env_number(name: &str) -> Option<u32> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// Texts embedded in one decode: `MUTR_EMBED_PARALLEL` as the server reads it, else the server's
 /// default for `parallel` generative sequences and [`gpu_layers`].
 pub fn embed_parallel(parallel: u32) -> u32 {
-    std::env::var("MUTR_EMBED_PARALLEL")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    env_number("MUTR_EMBED_PARALLEL")
         .unwrap_or_else(|| default_embed_parallel(parallel, gpu_layers()))
 }
 
