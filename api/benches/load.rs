@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 use std::{
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -20,14 +21,20 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use bytes::Bytes;
 use clap::Parser;
+use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::net::TcpStream;
 
 /// The load generator shares the two cores with the server under test, so what it spends is
-/// taken from the figure: mimalloc (as the server uses), bodies written from plain structs and
-/// answers read into the one field it needs, the nodes URL parsed once.
+/// taken from the figure: mimalloc (as the server uses), one bare HTTP/1.1 connection per user
+/// ([`Conn`]), bodies written from plain structs and answers read into the one field it needs.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -134,12 +141,135 @@ fn row(name: &str, samples: &Samples, elapsed: Duration) -> Row {
     }
 }
 
+/// Where the API listens; cheap to clone. Each virtual user opens its own [`Conn`].
 #[derive(Clone)]
 struct Client {
-    http: reqwest::Client,
-    base: String,
-    /// `{base}/api/v1/nodes`, parsed once.
-    nodes: reqwest::Url,
+    addr: SocketAddr,
+    /// The `Host` header of every request.
+    host: HeaderValue,
+}
+
+/// One virtual user's HTTP/1.1 keep-alive connection, as a browser tab or a k6 virtual user holds
+/// one: hyper's connection API straight on a TCP socket, without a client pool, URL parsing or
+/// redirect handling per request (reqwest's took about as much CPU per request as the server's
+/// own HTTP handling). Reconnects after an error; a request that fails counts as an error.
+struct Conn {
+    client: Client,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+/// Longest wait for one answer (connecting included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Client {
+    async fn new(url: &str) -> anyhow::Result<Self> {
+        let uri: Uri = url.parse().context("--url")?;
+        if uri.scheme_str() != Some("http") {
+            bail!("--url: only http:// is supported (the bench runs on loopback)");
+        }
+        let authority = uri.authority().context("--url has no host")?.clone();
+        let port = authority.port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((authority.host(), port))
+            .await?
+            .next()
+            .context("--url: the host has no address")?;
+        let host = HeaderValue::from_str(authority.as_str())?;
+        Ok(Self { addr, host })
+    }
+
+    fn conn(&self) -> Conn {
+        Conn {
+            client: self.clone(),
+            sender: None,
+        }
+    }
+}
+
+impl Conn {
+    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        let stream = TcpStream::connect(self.client.addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends a request on this user's connection and reads the whole answer.
+    async fn send(
+        &mut self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&'static str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let mut sender = match self.sender.take() {
+                Some(s) if !s.is_closed() => s,
+                _ => self.connect().await?,
+            };
+            sender.ready().await?;
+            let mut request = Request::builder()
+                .method(method)
+                .uri(path_and_query)
+                .header(header::HOST, self.client.host.clone());
+            if !body.is_empty() {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+            }
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let response = sender.send_request(request.body(Full::new(body))?).await?;
+            let status = response.status();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            // Kept only after a whole answer, so a failed request never leaves a half-read
+            // connection behind.
+            self.sender = Some(sender);
+            anyhow::Ok((status, bytes))
+        })
+        .await;
+        answer.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}")))
+    }
+
+    async fn guest(&mut self) -> anyhow::Result<String> {
+        let (status, body) = self
+            .send(Method::POST, "/api/v1/auth/guest", &[], Bytes::new())
+            .await?;
+        if !status.is_success() {
+            bail!("guest sign-in answered {status}");
+        }
+        let body: Value = serde_json::from_slice(&body)?;
+        body["data"]["guestToken"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no guest token")
+    }
+
+    /// Posts a node; its id on success.
+    async fn post(&mut self, token: &str, body: &NodeBody) -> Option<i64> {
+        let body = Bytes::from(serde_json::to_vec(body).ok()?);
+        let (status, answer) = self
+            .send(Method::POST, "/api/v1/nodes", &[("x-guest-token", token)], body)
+            .await
+            .ok()?;
+        if !status.is_success() {
+            return None;
+        }
+        serde_json::from_slice::<Created>(&answer)
+            .ok()
+            .map(|c| c.data.id)
+    }
+
+    /// `/viz` around (x, y, z); the answer's body when it succeeded. Timed to the last byte, as
+    /// k6 (the old figures' tool) times a request.
+    async fn viz(&mut self, x: f64, y: f64, z: f64) -> Option<Bytes> {
+        let path = format!("/api/v1/nodes/viz?x={x:.2}&y={y:.2}&z={z:.2}&range=200");
+        match self.send(Method::GET, &path, &[], Bytes::new()).await {
+            Ok((status, body)) if status.is_success() => Some(body),
+            _ => None,
+        }
+    }
 }
 
 /// A node to post: a root at a position, or an answer to a parent in a direction.
@@ -171,53 +301,6 @@ struct Created {
 #[derive(Deserialize)]
 struct CreatedId {
     id: i64,
-}
-
-impl Client {
-    async fn guest(&self) -> anyhow::Result<String> {
-        let body: Value = self
-            .http
-            .post(format!("{}/api/v1/auth/guest", self.base))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        body["data"]["guestToken"]
-            .as_str()
-            .map(str::to_owned)
-            .context("no guest token")
-    }
-
-    /// Posts a node; its id on success.
-    async fn post(&self, token: &str, body: &NodeBody) -> Option<i64> {
-        let response = self
-            .http
-            .post(self.nodes.clone())
-            .header("X-Guest-Token", token)
-            .json(body)
-            .send()
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        let body = response.bytes().await.ok()?;
-        serde_json::from_slice::<Created>(&body)
-            .ok()
-            .map(|c| c.data.id)
-    }
-
-    async fn viz(&self, x: f64, y: f64, z: f64) -> bool {
-        let url = format!(
-            "{}/api/v1/nodes/viz?x={x:.2}&y={y:.2}&z={z:.2}&range=200",
-            self.base
-        );
-        match self.http.get(url).send().await {
-            Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-            _ => false,
-        }
-    }
 }
 
 const WORDS: &[&str] = &[
@@ -304,7 +387,7 @@ async fn scenario_in_windows(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, (token, window)) in tokens.iter().zip(windows).enumerate() {
-        let client = client.clone();
+        let mut conn = client.conn();
         let token = token.clone();
         let window = *window;
         tasks.push(tokio::spawn(async move {
@@ -323,7 +406,7 @@ async fn scenario_in_windows(
                 let t = Instant::now();
                 if shape.writes_every > 0 && n.is_multiple_of(shape.writes_every) {
                     let body = node_body(&mut rng, &own);
-                    match client.post(&token, &body).await {
+                    match conn.post(&token, &body).await {
                         Some(id) => {
                             writes.micros.push(t.elapsed().as_micros() as u64);
                             if own.len() < 64 {
@@ -338,7 +421,7 @@ async fn scenario_in_windows(
                 } else {
                     let mut c = || rng.random_range(-2000.0..2000.0_f64);
                     let (x, y, z) = (c(), c(), c());
-                    if client.viz(x, y, z).await {
+                    if conn.viz(x, y, z).await.is_some() {
                         reads.micros.push(t.elapsed().as_micros() as u64);
                     } else {
                         reads.errors += 1;
@@ -553,7 +636,7 @@ async fn viz_at_scale(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..users {
-        let (client, points, stop) = (client.clone(), points.clone(), stop.clone());
+        let (mut conn, points, stop) = (client.conn(), points.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(1000 + i as u64);
             let mut samples = Samples::default();
@@ -561,23 +644,16 @@ async fn viz_at_scale(
             while !stop.load(Ordering::Relaxed) {
                 let (x, y, z) = points[rng.random_range(0..points.len())];
                 let t = Instant::now();
-                let url = format!(
-                    "{}/api/v1/nodes/viz?x={x}&y={y}&z={z}&range=200",
-                    client.base
-                );
                 // Timed to the last byte of the answer, as k6 (the old figures' tool) times a
                 // request: parsing ~35 KB of JSON into a tree here took this machine's CPU from
                 // the server under test and counted in its latency. The nodes are counted by
                 // their `"id":` keys (one per node; the others are `parentId`, `rootId`).
-                match client.http.get(url).send().await {
-                    Ok(r) if r.status().is_success() => match r.bytes().await {
-                        Ok(body) => {
-                            samples.micros.push(t.elapsed().as_micros() as u64);
-                            returned += body.windows(5).filter(|w| w == b"\"id\":").count() as u64;
-                        }
-                        Err(_) => samples.errors += 1,
-                    },
-                    _ => samples.errors += 1,
+                match conn.viz(x, y, z).await {
+                    Some(body) => {
+                        samples.micros.push(t.elapsed().as_micros() as u64);
+                        returned += body.windows(5).filter(|w| w == b"\"id\":").count() as u64;
+                    }
+                    None => samples.errors += 1,
                 }
             }
             (samples, returned)
@@ -612,14 +688,7 @@ fn print_rows(rows: &[Row]) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let base = args.url.trim_end_matches('/').to_owned();
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let nodes = reqwest::Url::parse(&format!("{base}/api/v1/nodes")).context("--url")?;
-    let client = Client { http, base, nodes };
+    let client = Client::new(&args.url).await?;
 
     let seed_users = if args.no_seed {
         0
@@ -628,9 +697,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let users = args.write_users.max(args.mixed_users).max(seed_users);
     let mut tokens = Vec::with_capacity(users);
+    let mut conn = client.conn();
     for _ in 0..users {
-        tokens.push(client.guest().await?);
+        tokens.push(conn.guest().await?);
     }
+    drop(conn);
 
     if !args.no_seed {
         eprintln!(
