@@ -250,7 +250,12 @@ impl Conn {
     async fn post(&mut self, token: &str, body: &NodeBody) -> Option<i64> {
         let body = Bytes::from(serde_json::to_vec(body).ok()?);
         let (status, answer) = self
-            .send(Method::POST, "/api/v1/nodes", &[("x-guest-token", token)], body)
+            .send(
+                Method::POST,
+                "/api/v1/nodes",
+                &[("x-guest-token", token)],
+                body,
+            )
             .await
             .ok()?;
         if !status.is_success() {
