@@ -690,7 +690,9 @@ fn print_rows(rows: &[Row]) {
     }
 }
 
-#[tokio::main]
+/// One thread: the load generator's work per request is small, and on the bench's two cores a
+/// second worker thread only adds wake-ups between threads, taken from the server under test.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let client = Client::new(&args.url).await?;
