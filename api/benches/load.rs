@@ -6,8 +6,9 @@
 //! to 1,000,000 nodes. Prints
 //! requests/s, p50/p95/p99 and errors, and a table against the baselines measured in the same run
 //! (pgbench's prepared single-row inserts at its fastest client count, and as the ceiling of group
-//! commit its 64-row inserts, both passed in by the script) and the targets of issue 15 (creation at least 1.5x pgbench, write p95 under 15 ms, `/viz` p95 under
-//! 5 ms at 1,000,000 nodes, no errors).
+//! commit its 64-row inserts, both passed in by the script) and the targets of issue 15 (creation
+//! at least 1.5x pgbench, write p95 under 15 ms, `/viz` p95 under 5 ms at 1,000,000 nodes, no
+//! errors).
 
 #![forbid(unsafe_code)]
 
