@@ -106,7 +106,8 @@ read -r _ floor < <(pgbench_run 1 10)
 # The ceiling of group commit: 64 rows per statement and commit (the API's most per batch), the
 # same rows into the same table, at the client count (of 1 to 8) that stores rows fastest. No group
 # commit of at most 64 nodes can store rows faster than this on this machine; the API's batches
-# also check three foreign keys and look up parents and authors, which this table does not.
+# also check foreign keys (the author, and the parent and tree of a child) and look up parents and
+# authors, which this table does not.
 cat >"$workdir/insert64.sql" <<'SQL'
 INSERT INTO bench_nodes (content, author_id, parent_id, root_id, x, y, z)
 SELECT '오늘 하늘 구름 바다 기억 마음 바람 여행 커피 음악 친구 산책', 1, 1, 1,

@@ -690,6 +690,46 @@ mod tests {
         assert!(create_many(&pool, &[]).await.unwrap().is_empty());
     }
 
+    /// The schema's tree rules, whatever writes the row: a root is its own root (CHECK), a child's
+    /// parent exists and the child is in its parent's tree (the composite key
+    /// `nodes_parent_root_fkey`), so every `root_id` names the root of its tree.
+    #[sqlx::test]
+    async fn the_schema_keeps_every_node_in_its_parents_tree(pool: PgPool) {
+        let a = author(&pool).await;
+        let root = add(&pool, a, "root", None, (0.0, 0.0, 0.0)).await;
+        let other = add(&pool, a, "other root", None, (0.0, 0.0, 0.0)).await;
+        let child = add(&pool, a, "child", Some(root.id), (0.0, 0.0, 0.0)).await;
+        let insert = |parent: Option<i64>, root_id: i64| {
+            sqlx::query(
+                "INSERT INTO nodes (content, author_id, parent_id, root_id, x, y, z)
+                 VALUES ('x', $1, $2, $3, 0, 0, 0)",
+            )
+            .bind(a)
+            .bind(parent)
+            .bind(root_id)
+            .execute(&pool)
+        };
+        let constraint = |e: sqlx::Error| {
+            e.as_database_error()
+                .and_then(|d| d.constraint().map(str::to_owned))
+                .unwrap_or_else(|| panic!("not a constraint violation: {e:?}"))
+        };
+        // A grandchild that names another tree's root, its parent as root, or a missing parent.
+        for (parent, root_id) in [
+            (child.id, other.id),
+            (child.id, child.id),
+            (999_999, root.id),
+        ] {
+            let err = insert(Some(parent), root_id).await.unwrap_err();
+            assert_eq!(constraint(err), "nodes_parent_root_fkey");
+        }
+        // A root that names another node as its root.
+        let err = insert(None, root.id).await.unwrap_err();
+        assert_eq!(constraint(err), "nodes_check");
+        // The right root is accepted.
+        insert(Some(child.id), root.id).await.unwrap();
+        assert_eq!(count(&pool).await, 4);
+    }
     /// The CTE against the plain rule, on random chains with random lengths and topics.
     #[sqlx::test]
     async fn lineage_cte_matches_the_rule(pool: PgPool) {

@@ -1,0 +1,11 @@
+-- no-transaction
+-- Tree keys, step 1 of 4: a unique B-tree on (root_id, id). It replaces nodes_root_id (dropped in
+-- step 4; no query looks nodes up by root alone, so it served only as the index on root_id) and is
+-- the referenced key of the composite foreign key of step 2: PostgreSQL accepts a unique index on
+-- the referenced columns in any order.
+--
+-- CONCURRENTLY: no lock that blocks the writes of the colour still serving. If the build is
+-- interrupted, PostgreSQL keeps an invalid nodes_root_key and the next `mutr-api migrate` stops at
+-- "relation nodes_root_key already exists"; run `DROP INDEX CONCURRENTLY nodes_root_key;` and
+-- migrate again.
+CREATE UNIQUE INDEX CONCURRENTLY nodes_root_key ON nodes (root_id, id);
