@@ -236,11 +236,7 @@ async fn every_key_has_a_lifetime() {
     c.park(3, 4).await.unwrap();
     c.park_many(&[(6, 5), (7, 5)]).await.unwrap();
     c.mark_many(&[8, 9]).await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let keys = common::scan_keys(&mut redis, &format!("{prefix}*")).await;
     assert!(keys.len() >= 8, "{keys:?}");
     for key in keys {
         let ttl: i64 = redis::cmd("TTL")

@@ -131,11 +131,7 @@ async fn redis_down_and_back_the_pod_stays_ready_and_keeps_writing(pool: PgPool)
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = common::scan_keys(&mut conn, &format!("{prefix}*")).await;
     assert!(!keys.is_empty(), "the budget is kept in Redis again");
     s.stop().await;
 }

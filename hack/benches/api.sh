@@ -43,6 +43,12 @@ api_pid=""
 cleanup() {
     if [ -n "$api_pid" ]; then kill -TERM "$api_pid" 2>/dev/null || true; wait "$api_pid" 2>/dev/null || true; fi
     drop_db "$db"
+    # No AI server analyses the bench's nodes, so the pipeline's Redis keys (one or two per node)
+    # would stay until their TTL (1 h): hundreds of thousands of keys in a shared Redis.
+    if command -v redis-cli >/dev/null; then
+        redis-cli -u "$REDIS_URL" --scan --pattern "mutr:bench:$$:*" 2>/dev/null \
+            | xargs -r -n 1000 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+    fi
     rm -rf "$workdir"
 }
 trap cleanup EXIT
@@ -123,7 +129,8 @@ psql -q "$db_url" -c "DROP TABLE bench_nodes" >/dev/null
 port="$(free_port 18090)"
 log "starting mutr-api (release) on 127.0.0.1:$port, per-user write limit off, no AI server"
 DATABASE_URL="$db_url" MUTR_HTTP_ADDR="127.0.0.1:$port" MUTR_WRITE_RATE_PER_SEC=0 \
-    MUTR_REALTIME_REDIS_CHANNEL="mutr:bench:$$" MUTR_SHUTDOWN_GRACE=0s RUST_LOG=warn \
+    MUTR_REALTIME_REDIS_CHANNEL="mutr:bench:$$" \
+    MUTR_ANALYSIS_REDIS_PREFIX="mutr:bench:$$:analysis:" MUTR_SHUTDOWN_GRACE=0s RUST_LOG=warn \
     "$BIN" serve >"$workdir/api.log" 2>&1 &
 api_pid=$!
 # No AI server here: this bench measures the HTTP API alone (the AI server runs on nodes of its

@@ -53,6 +53,31 @@ pub fn unique(what: &str) -> String {
     format!("mutr-test:{what}:{}:", uuid::Uuid::new_v4().simple())
 }
 
+/// The keys of the shared Redis that match `pattern`, by `SCAN` in steps of 10,000. `KEYS` walks
+/// the whole keyspace in one command, which outlasts the client's response timeout when Redis
+/// holds many other keys (a bench's pipeline keys, left to expire in an hour, made it 1.7
+/// million); each `SCAN` step answers quickly whatever else is stored.
+pub async fn scan_keys(conn: &mut impl redis::aio::ConnectionLike, pattern: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(conn)
+            .await
+            .expect("SCAN answers");
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
 /// Serve arguments for the database of `pool`, as the binary would parse them, plus `extra`
 /// flags (later flags win). The live-push channel and the pipeline's Redis keys are the test's
 /// own; the AI server is a closed port unless `extra` names one.
