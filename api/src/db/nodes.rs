@@ -730,6 +730,7 @@ mod tests {
         insert(Some(child.id), root.id).await.unwrap();
         assert_eq!(count(&pool).await, 4);
     }
+
     /// The CTE against the plain rule, on random chains with random lengths and topics.
     #[sqlx::test]
     async fn lineage_cte_matches_the_rule(pool: PgPool) {
