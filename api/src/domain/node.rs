@@ -140,8 +140,8 @@ impl Stamp {
         let (value, width) = match fraction {
             Fraction::Millis => (nano / 1_000_000, 3),
             Fraction::Auto if nano == 0 => (0, 0),
-            Fraction::Auto if nano % 1_000_000 == 0 => (nano / 1_000_000, 3),
-            Fraction::Auto if nano % 1_000 == 0 => (nano / 1_000, 6),
+            Fraction::Auto if nano.is_multiple_of(1_000_000) => (nano / 1_000_000, 3),
+            Fraction::Auto if nano.is_multiple_of(1_000) => (nano / 1_000, 6),
             Fraction::Auto => (nano, 9),
         };
         if width > 0 {
