@@ -8,7 +8,8 @@
 //! (pgbench's prepared single-row inserts at its fastest client count, and as the ceiling of group
 //! commit its 64-row inserts, both passed in by the script) and the targets of issue 15 (creation
 //! at least 1.5x pgbench, write p95 under 15 ms, `/viz` p95 under 5 ms at 1,000,000 nodes, no
-//! errors).
+//! errors). Under the `/viz` figure it runs that figure's ceiling itself: pgbench with the same
+//! statement, cubes and galaxy, as many clients as readers (`--no-viz-ceiling` skips it).
 
 #![forbid(unsafe_code)]
 
@@ -86,6 +87,9 @@ struct Args {
     /// Skip the seed scenarios (closed-loop saturation figures only).
     #[arg(long)]
     no_seed: bool,
+    /// Skip the `/viz` ceiling (pgbench running the API's `/viz` query on the same galaxy).
+    #[arg(long)]
+    no_viz_ceiling: bool,
     /// Passed by `cargo bench` to every bench binary; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -271,7 +275,7 @@ impl Conn {
     /// `/viz` around (x, y, z); the answer's body when it succeeded. Timed to the last byte, as
     /// k6 (the old figures' tool) times a request.
     async fn viz(&mut self, x: f64, y: f64, z: f64) -> Option<Bytes> {
-        let path = format!("/api/v1/nodes/viz?x={x:.2}&y={y:.2}&z={z:.2}&range=200");
+        let path = format!("/api/v1/nodes/viz?x={x:.2}&y={y:.2}&z={z:.2}&range={VIZ_RANGE}");
         match self.send(Method::GET, &path, &[], Bytes::new()).await {
             Ok((status, body)) if status.is_success() => Some(body),
             _ => None,
@@ -622,13 +626,11 @@ async fn grow_galaxy(database_url: &str, target: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `/viz` around existing nodes of the large galaxy.
-async fn viz_at_scale(
-    client: &Client,
-    database_url: &str,
-    users: usize,
-    duration: Duration,
-) -> anyhow::Result<(Samples, Duration, f64)> {
+/// Half the edge of every `/viz` cube the bench asks for.
+const VIZ_RANGE: f64 = 200.0;
+
+/// Up to 2,000 nodes of the large galaxy, sampled, to centre `/viz` cubes on.
+async fn centres(database_url: &str) -> anyhow::Result<Arc<Vec<(f64, f64, f64)>>> {
     use sqlx::Connection as _;
     let mut db = sqlx::PgConnection::connect(database_url).await?;
     let points: Vec<(f64, f64, f64)> =
@@ -638,12 +640,21 @@ async fn viz_at_scale(
     if points.is_empty() {
         bail!("no nodes to centre /viz on");
     }
-    let points = Arc::new(points);
+    Ok(Arc::new(points))
+}
+
+/// `/viz` around `points`, nodes of the large galaxy.
+async fn viz_at_scale(
+    client: &Client,
+    points: &Arc<Vec<(f64, f64, f64)>>,
+    users: usize,
+    duration: Duration,
+) -> anyhow::Result<(Samples, Duration, f64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..users {
-        let (mut conn, points, stop) = (client.conn(), points.clone(), stop.clone());
+        let (mut conn, points, stop) = (client.conn(), Arc::clone(points), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(1000 + i as u64);
             let mut samples = Samples::default();
@@ -677,6 +688,137 @@ async fn viz_at_scale(
     }
     let per_answer = returned as f64 / all.micros.len().max(1) as f64;
     Ok((all, started.elapsed(), per_answer))
+}
+
+/// The `/viz` query of `mutr_api::db::nodes::in_cube`, as a pgbench script: each transaction
+/// reads one cube's bounds and Morton key ranges (computed here by the API's own code) from
+/// `bench_viz_centres`, then runs the API's statement with them as parameters. Keep the
+/// statement in step with `in_cube`.
+const VIZ_PGBENCH: &str = r"\set i random(1, :centres)
+SELECT x0, x1, y0, y1, z0, z1, first, last, lim FROM bench_viz_centres WHERE i = :i \gset
+WITH inside AS MATERIALIZED (
+    SELECT n.* FROM unnest(:first::int8[], :last::int8[]) AS k(first, last)
+    CROSS JOIN LATERAL (
+        SELECT id, content, author_id, topic, emotion, mutation_filter, mutation_score,
+               x, y, z, parent_id, root_id, created_at, analysis_status
+        FROM nodes
+        WHERE mutr_viz_key(x, y, z) BETWEEN k.first AND k.last
+          AND x BETWEEN :x0 AND :x1 AND y BETWEEN :y0 AND :y1 AND z BETWEEN :z0 AND :z1
+        OFFSET 0
+    ) n
+),
+newest AS (SELECT * FROM inside ORDER BY id DESC LIMIT :lim)
+SELECT n.id, n.content, u.nickname AS author_nickname, n.topic, n.emotion, n.mutation_filter,
+       n.mutation_score, n.x, n.y, n.z, n.parent_id, n.root_id, n.created_at, n.analysis_status
+FROM newest n CROSS JOIN LATERAL (
+    SELECT nickname FROM users WHERE users.id = n.author_id LIMIT 1
+) u
+ORDER BY n.id DESC;
+";
+
+/// The ceiling under the `/viz` figure: the database alone running the API's `/viz` statement
+/// for the same cubes on the same galaxy with as many clients as the bench has readers, through
+/// pgbench (prepared, two threads), for `duration`. What the API adds on top (HTTP, decoding the
+/// rows, writing the JSON) is the difference. Each transaction also reads its cube's parameters
+/// by primary key, which pgbench cannot compute; that look-up is counted in its latency.
+async fn viz_ceiling(
+    database_url: &str,
+    points: &[(f64, f64, f64)],
+    users: usize,
+    duration: Duration,
+) -> anyhow::Result<(Samples, Duration)> {
+    use mutr_api::{db::nodes::VIZ_KEY_RANGES, domain::viz_key, http::Limits};
+    use sqlx::{Connection as _, Executor as _};
+    let mut db = sqlx::PgConnection::connect(database_url).await?;
+    db.execute(
+        "DROP TABLE IF EXISTS bench_viz_centres;
+         CREATE TABLE bench_viz_centres (i int PRIMARY KEY, x0 float8, x1 float8, y0 float8,
+             y1 float8, z0 float8, z1 float8, first int8[], last int8[], lim int8)",
+    )
+    .await?;
+    let limit = i64::from(Limits::default().viz_max_nodes);
+    let mut tx = db.begin().await?;
+    for (i, &(x, y, z)) in points.iter().enumerate() {
+        let lo = [x - VIZ_RANGE, y - VIZ_RANGE, z - VIZ_RANGE];
+        let hi = [x + VIZ_RANGE, y + VIZ_RANGE, z + VIZ_RANGE];
+        let (first, last): (Vec<i64>, Vec<i64>) =
+            viz_key::ranges(lo, hi, VIZ_KEY_RANGES).into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO bench_viz_centres VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(i as i32 + 1)
+        .bind(lo[0])
+        .bind(hi[0])
+        .bind(lo[1])
+        .bind(hi[1])
+        .bind(lo[2])
+        .bind(hi[2])
+        .bind(first)
+        .bind(last)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    db.execute("ANALYZE bench_viz_centres").await?;
+
+    let dir = std::env::temp_dir().join(format!("mutr-viz-ceiling-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("viz.sql");
+    std::fs::write(&script, VIZ_PGBENCH)?;
+    let (url, n, secs) = (
+        database_url.to_owned(),
+        points.len(),
+        duration.as_secs().max(1),
+    );
+    let (run_dir, threads) = (dir.clone(), users.clamp(1, 2));
+    let started = Instant::now();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("pgbench")
+            .args(["-n", "-M", "prepared", "-l"])
+            .arg(format!("--log-prefix={}", run_dir.join("log").display()))
+            .args(["-c", &users.to_string(), "-j", &threads.to_string()])
+            .args(["-T", &secs.to_string(), "-D", &format!("centres={n}")])
+            .arg("-f")
+            .arg(&script)
+            .arg(&url)
+            .output()
+    })
+    .await?
+    .context("running pgbench")?;
+    let elapsed = started.elapsed();
+    let result = (|| {
+        if !output.status.success() {
+            bail!(
+                "pgbench failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        // One line per transaction: client, transaction, latency in us (or "failed"), ...
+        let mut samples = Samples::default();
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if !path
+                .file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with("log."))
+            {
+                continue;
+            }
+            for line in std::fs::read_to_string(&path)?.lines() {
+                match line.split_whitespace().nth(2).map(str::parse::<u64>) {
+                    Some(Ok(us)) => samples.micros.push(us),
+                    _ => samples.errors += 1,
+                }
+            }
+        }
+        if samples.micros.is_empty() {
+            bail!("pgbench logged no transactions");
+        }
+        Ok((samples, elapsed))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    db.execute("DROP TABLE bench_viz_centres").await?;
+    result
 }
 
 fn print_rows(rows: &[Row]) {
@@ -743,13 +885,31 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("growing the galaxy to {} nodes", args.galaxy_nodes);
     grow_galaxy(&args.database_url, args.galaxy_nodes).await?;
-    let (viz, v_elapsed, per_answer) = viz_at_scale(
-        &client,
-        &args.database_url,
-        args.viz_users,
-        args.viz_duration,
-    )
-    .await?;
+    let points = centres(&args.database_url).await?;
+    let (viz, v_elapsed, per_answer) =
+        viz_at_scale(&client, &points, args.viz_users, args.viz_duration).await?;
+    let ceiling = if args.no_viz_ceiling {
+        None
+    } else {
+        eprintln!(
+            "/viz ceiling: pgbench, the same statement and cubes, {} clients",
+            args.viz_users
+        );
+        match viz_ceiling(
+            &args.database_url,
+            &points,
+            args.viz_users,
+            args.viz_duration,
+        )
+        .await
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("no /viz ceiling: {e:#}");
+                None
+            }
+        }
+    };
 
     let write_row = row(
         &format!("write-heavy ({} users)", args.write_users),
@@ -761,7 +921,7 @@ async fn main() -> anyhow::Result<()> {
         &mixed,
         m_elapsed,
     );
-    let rows = vec![
+    let mut rows = vec![
         row(
             &format!("write-heavy ({} users)", args.write_users),
             &w_writes,
@@ -783,14 +943,30 @@ async fn main() -> anyhow::Result<()> {
             v_elapsed,
         ),
     ];
+    let viz_row = rows.last().expect("viz row");
+    let total_errors: u64 = rows[..2].iter().map(|r| r.errors).sum::<u64>() + viz_row.errors;
+    let total: u64 = rows[..2].iter().map(|r| r.total).sum::<u64>() + viz_row.total;
+    let viz_p95 = viz_row.p95;
+    let ceiling_row = ceiling.map(|(samples, elapsed)| {
+        row(
+            &format!("  database alone ({} clients)", args.viz_users),
+            &samples,
+            elapsed,
+        )
+    });
+    let ceiling_p95 = ceiling_row.as_ref().map(|r| r.p95);
+    rows.extend(ceiling_row);
     println!();
     println!("closed loop (no think time): saturation");
     print_rows(&rows);
     println!("(/viz at scale returned {per_answer:.0} nodes per answer on average)");
+    if ceiling_p95.is_some() {
+        println!(
+            "(database alone: pgbench running /viz's statement for the same cubes, \
+             plus a primary-key read of each cube's parameters)"
+        );
+    }
 
-    let viz_row = rows.last().expect("viz row");
-    let total_errors: u64 = rows[..2].iter().map(|r| r.errors).sum::<u64>() + viz_row.errors;
-    let total: u64 = rows[..2].iter().map(|r| r.total).sum::<u64>() + viz_row.total;
     println!();
     println!(
         "{:<44} {:>12} {:>26} {:>8}",
@@ -828,10 +1004,19 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "{:<44} {:>12.2} {:>26} {:>8.2}",
         format!("/viz p95 at {} nodes (ms)", args.galaxy_nodes),
-        viz_row.p95,
+        viz_p95,
         "5 target",
-        viz_row.p95 / 5.0
+        viz_p95 / 5.0
     );
+    if let Some(db_p95) = ceiling_p95 {
+        println!(
+            "{:<44} {:>12.2} {:>26} {:>8.2}",
+            "/viz p95 vs the database alone (ms)",
+            viz_p95,
+            format!("pgbench {db_p95:.2}"),
+            viz_p95 / db_p95
+        );
+    }
     println!(
         "{:<44} {:>12} {:>26} {:>8}",
         "errors (all scenarios)",

@@ -6,7 +6,9 @@
 # in the same run: pgbench single-row inserts into a table shaped like `nodes` (same columns,
 # defaults, checks and indexes), prepared, with the client count (of 8 to 100) that inserts
 # fastest on this machine; and, as the ceiling of any group commit, pgbench inserting 64 rows per
-# statement into the same table at its fastest client count (of 1 to 8).
+# statement into the same table at its fastest client count (of 1 to 8). Under the /viz figure, the
+# load bench measures its own ceiling: pgbench running /viz's statement for the same cubes on the
+# same galaxy with as many clients as readers (the database alone, without HTTP or JSON).
 # Needs DATABASE_URL, REDIS_URL and pgbench (hack/bench.sh provides them).
 # Knobs: MUTR_BENCH_DURATION (30s), MUTR_BENCH_GALAXY (1000000); for comparing two builds,
 # MUTR_BENCH_API_BIN (a mutr-api binary to measure instead of this tree's release build) and
