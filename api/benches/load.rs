@@ -70,6 +70,17 @@ struct Args {
     /// pgbench's single-row insert rate (transactions/s), prepared, at its fastest client count.
     #[arg(long)]
     pgbench_tps: Option<f64>,
+    /// The client count at which pgbench inserts fastest (with `--pgbench-script`): the bench then
+    /// runs that baseline itself right before and right after the write-heavy phase, for as long,
+    /// and compares node creation with their mean (a machine whose speed drifts over the run
+    /// skews both sides alike), rather than with `--pgbench-tps`.
+    #[arg(long, requires = "pgbench_script")]
+    pgbench_clients: Option<usize>,
+    /// pgbench's single-row insert script (`hack/benches/api.sh` writes it), inserting into
+    /// `bench_nodes`, which the bench creates `LIKE nodes INCLUDING ALL` and empties before each
+    /// run.
+    #[arg(long, requires = "pgbench_clients")]
+    pgbench_script: Option<std::path::PathBuf>,
     /// Rows/s pgbench stores with 64 rows per statement and commit into the same table, at its
     /// fastest client count: the ceiling of any group commit on this machine.
     #[arg(long)]
@@ -690,6 +701,68 @@ async fn viz_at_scale(
     Ok((all, started.elapsed(), per_answer))
 }
 
+/// Runs pgbench with `args` (prepared statements, no vacuum) on `database_url`; its output, once
+/// it succeeded.
+async fn pgbench(database_url: &str, args: Vec<String>) -> anyhow::Result<std::process::Output> {
+    let url = database_url.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("pgbench")
+            .args(["-n", "-M", "prepared"])
+            .args(&args)
+            .arg(&url)
+            .output()
+    })
+    .await?
+    .context("running pgbench")?;
+    if !output.status.success() {
+        bail!(
+            "pgbench failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
+}
+
+/// pgbench's single-row inserts (the write figure's baseline) with `clients` for `duration`,
+/// on an empty `bench_nodes` shaped like `nodes`, as `hack/benches/api.sh` runs them; the
+/// transactions per second.
+async fn pgbench_inserts(
+    database_url: &str,
+    clients: usize,
+    script: &std::path::Path,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    use sqlx::{Connection as _, Executor as _};
+    let mut db = sqlx::PgConnection::connect(database_url).await?;
+    db.execute(
+        "DROP TABLE IF EXISTS bench_nodes;
+         CREATE TABLE bench_nodes (LIKE nodes INCLUDING ALL)",
+    )
+    .await?;
+    let output = pgbench(
+        database_url,
+        vec![
+            "-c".into(),
+            clients.to_string(),
+            "-j".into(),
+            clients.clamp(1, 2).to_string(),
+            "-T".into(),
+            duration.as_secs().max(1).to_string(),
+            "-f".into(),
+            script.display().to_string(),
+        ],
+    )
+    .await;
+    db.execute("DROP TABLE bench_nodes").await?;
+    let stdout = String::from_utf8_lossy(&output?.stdout).into_owned();
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .context("no tps in pgbench's output")
+}
+
 /// The `/viz` query of `mutr_api::db::nodes::in_cube`, as a pgbench script: each transaction
 /// reads one cube's bounds and Morton key ranges (computed here by the API's own code) from
 /// `bench_viz_centres`, then runs the API's statement with them as parameters. Keep the
@@ -766,34 +839,27 @@ async fn viz_ceiling(
     std::fs::create_dir_all(&dir)?;
     let script = dir.join("viz.sql");
     std::fs::write(&script, VIZ_PGBENCH)?;
-    let (url, n, secs) = (
-        database_url.to_owned(),
-        points.len(),
-        duration.as_secs().max(1),
-    );
-    let (run_dir, threads) = (dir.clone(), users.clamp(1, 2));
     let started = Instant::now();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("pgbench")
-            .args(["-n", "-M", "prepared", "-l"])
-            .arg(format!("--log-prefix={}", run_dir.join("log").display()))
-            .args(["-c", &users.to_string(), "-j", &threads.to_string()])
-            .args(["-T", &secs.to_string(), "-D", &format!("centres={n}")])
-            .arg("-f")
-            .arg(&script)
-            .arg(&url)
-            .output()
-    })
-    .await?
-    .context("running pgbench")?;
+    let output = pgbench(
+        database_url,
+        vec![
+            "-l".into(),
+            format!("--log-prefix={}", dir.join("log").display()),
+            "-c".into(),
+            users.to_string(),
+            "-j".into(),
+            users.clamp(1, 2).to_string(),
+            "-T".into(),
+            duration.as_secs().max(1).to_string(),
+            "-D".into(),
+            format!("centres={}", points.len()),
+            "-f".into(),
+            script.display().to_string(),
+        ],
+    )
+    .await;
     let elapsed = started.elapsed();
-    let result = (|| {
-        if !output.status.success() {
-            bail!(
-                "pgbench failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
+    let result = output.and_then(|_| {
         // One line per transaction: client, transaction, latency in us (or "failed"), ...
         let mut samples = Samples::default();
         for entry in std::fs::read_dir(&dir)? {
@@ -815,7 +881,7 @@ async fn viz_ceiling(
             bail!("pgbench logged no transactions");
         }
         Ok((samples, elapsed))
-    })();
+    });
     let _ = std::fs::remove_dir_all(&dir);
     db.execute("DROP TABLE bench_viz_centres").await?;
     result
@@ -868,12 +934,31 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let bracket = args.pgbench_clients.zip(args.pgbench_script.as_deref());
+    let before = match bracket {
+        Some((clients, script)) => {
+            eprintln!("baseline: pgbench, {clients} clients, right before the write phase");
+            Some(pgbench_inserts(&args.database_url, clients, script, args.duration).await?)
+        }
+        None => None,
+    };
     eprintln!(
         "saturation, write-heavy: {} users for {:?}",
         args.write_users, args.duration
     );
     let (w_writes, _, w_elapsed) =
         scenario(&client, &tokens[..args.write_users], args.duration, 1).await;
+    let after = match bracket {
+        Some((clients, script)) => {
+            eprintln!("baseline: pgbench, {clients} clients, right after the write phase");
+            Some(pgbench_inserts(&args.database_url, clients, script, args.duration).await?)
+        }
+        None => None,
+    };
+    let baseline_tps = match (before, after) {
+        (Some(b), Some(a)) => Some((b + a) / 2.0),
+        _ => args.pgbench_tps,
+    };
     eprintln!(
         "mixed: {} users for {:?}, 1 write : 4 /viz",
         args.mixed_users, args.duration
@@ -960,6 +1045,15 @@ async fn main() -> anyhow::Result<()> {
     println!("closed loop (no think time): saturation");
     print_rows(&rows);
     println!("(/viz at scale returned {per_answer:.0} nodes per answer on average)");
+    if let (Some(b), Some(a)) = (before, after) {
+        println!(
+            "(pgbench's single-row inserts right before / after the write phase: {b:.0} / {a:.0} \
+             tps, their mean is the baseline{})",
+            args.pgbench_tps
+                .map(|t| format!("; the client sweep earlier in the run: {t:.0}"))
+                .unwrap_or_default()
+        );
+    }
     if ceiling_p95.is_some() {
         println!(
             "(database alone: pgbench running /viz's statement for the same cubes, \
@@ -972,7 +1066,7 @@ async fn main() -> anyhow::Result<()> {
         "{:<44} {:>12} {:>26} {:>8}",
         "figure", "value", "baseline", "ratio"
     );
-    if let Some(tps) = args.pgbench_tps {
+    if let Some(tps) = baseline_tps {
         println!(
             "{:<44} {:>12.0} {:>26} {:>8.2}",
             "node creation rate, write-heavy (req/s)",

@@ -5,10 +5,13 @@
 # nodes the write phases stored, so that figure does not depend on them). Baseline measured
 # in the same run: pgbench single-row inserts into a table shaped like `nodes` (same columns,
 # defaults, checks and indexes), prepared, with the client count (of 8 to 100) that inserts
-# fastest on this machine; and, as the ceiling of any group commit, pgbench inserting 64 rows per
-# statement into the same table at its fastest client count (of 1 to 8). Under the /viz figure, the
-# load bench measures its own ceiling: pgbench running /viz's statement for the same cubes on the
-# same galaxy with as many clients as readers (the database alone, without HTTP or JSON).
+# fastest on this machine, run again by the load bench right before and right after its write
+# phase (the figure compares with the mean of those two, so a machine whose speed drifts during
+# the run skews both sides alike); and, as the ceiling of any group commit, pgbench inserting 64
+# rows per statement into the same table at its fastest client count (of 1 to 8). Under the /viz
+# figure, the load bench measures its own ceiling: pgbench running /viz's statement for the same
+# cubes on the same galaxy with as many clients as readers (the database alone, without HTTP or
+# JSON).
 # Needs DATABASE_URL, REDIS_URL and pgbench (hack/bench.sh provides them).
 # Knobs: MUTR_BENCH_DURATION (30s), MUTR_BENCH_GALAXY (1000000); for comparing two builds,
 # MUTR_BENCH_API_BIN (a mutr-api binary to measure instead of this tree's release build) and
@@ -146,6 +149,7 @@ DATABASE_URL="$db_url" "$LOAD" \
     --url "http://127.0.0.1:$port" --duration "$duration" \
     --write-users "$write_users" --mixed-users "$mixed_users" --galaxy-nodes "$galaxy" \
     --pgbench-tps "$tps" ${floor:+--commit-floor-ms "$floor"} --pgbench-rows-64 "$rows64" \
+    --pgbench-clients "$best_clients" --pgbench-script "$workdir/insert.sql" \
     ${MUTR_BENCH_LOAD_ARGS:-}
 log "pgbench baseline: $best_clients clients, prepared, $tps tps, average latency ${lat:-?} ms"
 log "group commit's ceiling: pgbench, $best64_clients clients, prepared 64-row inserts, $rows64 rows/s"
