@@ -3,13 +3,15 @@
 //! 80% reads at 200 users, read-heavy at 300, write-heavy at 50 and 100, a spike from 20 to 200),
 //! each beside the old system's figures; then closed-loop saturation (write-heavy: 100 users
 //! posting nodes; mixed: 200 users, one write to four `/viz` reads), then `/viz` on a galaxy grown
-//! to 1,000,000 nodes. Prints
-//! requests/s, p50/p95/p99 and errors, and a table against the baselines measured in the same run
-//! (pgbench's prepared single-row inserts at its fastest client count, and as the ceiling of group
-//! commit its 64-row inserts, both passed in by the script) and the targets of issue 15 (creation
-//! at least 1.5x pgbench, write p95 under 15 ms, `/viz` p95 under 5 ms at 1,000,000 nodes, no
-//! errors). Under the `/viz` figure it runs that figure's ceiling itself: pgbench with the same
-//! statement, cubes and galaxy, as many clients as readers (`--no-viz-ceiling` skips it).
+//! to 1,000,000 nodes. Prints requests/s, p50/p95/p99 and errors, and a table against the
+//! baselines measured in the same run and the targets of issue 15 (creation at least 1.5x
+//! pgbench, write p95 under 15 ms, `/viz` p95 under 5 ms at 1,000,000 nodes, no errors):
+//! - pgbench's prepared single-row inserts at its fastest client count, which the bench runs
+//!   right before and right after the write-heavy phase (`--pgbench-clients`,
+//!   `--pgbench-script`), or the rate the script measured (`--pgbench-tps`);
+//! - as the ceiling of group commit, pgbench's 64-row inserts (passed in by the script);
+//! - under the `/viz` figure, pgbench running the same statement for the same cubes on the same
+//!   galaxy with as many clients as readers (`--no-viz-ceiling` skips it).
 
 #![forbid(unsafe_code)]
 
