@@ -703,14 +703,30 @@ async fn viz_at_scale(
     Ok((all, started.elapsed(), per_answer))
 }
 
-/// Runs pgbench with `args` (prepared statements, no vacuum) on `database_url`; its output, once
-/// it succeeded.
-async fn pgbench(database_url: &str, args: Vec<String>) -> anyhow::Result<std::process::Output> {
-    let url = database_url.to_owned();
+/// Runs pgbench on `database_url`: `script` with `clients` (on at most two threads, as the load
+/// generator has one) for `duration`, prepared statements, no vacuum, then `extra` options; its
+/// output, once it succeeded.
+async fn pgbench(
+    database_url: &str,
+    clients: usize,
+    duration: Duration,
+    script: &std::path::Path,
+    extra: Vec<String>,
+) -> anyhow::Result<std::process::Output> {
+    let (url, script) = (database_url.to_owned(), script.to_owned());
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new("pgbench")
             .args(["-n", "-M", "prepared"])
-            .args(&args)
+            .args([
+                "-c",
+                &clients.to_string(),
+                "-j",
+                &clients.clamp(1, 2).to_string(),
+            ])
+            .args(["-T", &duration.as_secs().max(1).to_string()])
+            .args(&extra)
+            .arg("-f")
+            .arg(&script)
             .arg(&url)
             .output()
     })
@@ -725,14 +741,32 @@ async fn pgbench(database_url: &str, args: Vec<String>) -> anyhow::Result<std::p
     Ok(output)
 }
 
+/// The single-row insert of `hack/benches/api.sh`'s `insert.sql` into a `bench_nodes` with
+/// `nodes`' foreign keys: the same text and coordinates, but each row is the child of one of
+/// `:users` roots, the root of user i having id -i and author i, as each of the write phase's users
+/// posts under their own nodes (one shared parent would make every insert wait on the same row
+/// lock).
+const KEYED_INSERT: &str = r"\set u random(1, :users)
+\set p 0 - :u
+\set x random(-2000, 2000)
+\set y random(-2000, 2000)
+\set z random(-2000, 2000)
+INSERT INTO bench_nodes (content, author_id, parent_id, root_id, x, y, z)
+VALUES ('오늘 하늘 구름 바다 기억 마음 바람 여행 커피 음악 친구 산책', :u, :p, :p, :x, :y, :z);
+";
+
 /// pgbench's single-row inserts (the write figure's baseline) with `clients` for `duration`,
-/// on an empty `bench_nodes` shaped like `nodes`, as `hack/benches/api.sh` runs them; the
-/// transactions per second.
+/// on an empty `bench_nodes` shaped like `nodes`, as `hack/benches/api.sh` runs them (`script`);
+/// the transactions per second. `LIKE` copies no foreign keys. With `keyed_for` (a number of
+/// users), the table also gets `nodes`' own (read from the catalogue, a reference to `nodes`
+/// made one to `bench_nodes`) and one root per user, and pgbench runs [`KEYED_INSERT`], so each
+/// insert checks its author and its parent as the API's do.
 async fn pgbench_inserts(
     database_url: &str,
     clients: usize,
     script: &std::path::Path,
     duration: Duration,
+    keyed_for: Option<usize>,
 ) -> anyhow::Result<f64> {
     use sqlx::{Connection as _, Executor as _};
     let mut db = sqlx::PgConnection::connect(database_url).await?;
@@ -741,20 +775,46 @@ async fn pgbench_inserts(
          CREATE TABLE bench_nodes (LIKE nodes INCLUDING ALL)",
     )
     .await?;
-    let output = pgbench(
-        database_url,
-        vec![
-            "-c".into(),
-            clients.to_string(),
-            "-j".into(),
-            clients.clamp(1, 2).to_string(),
-            "-T".into(),
-            duration.as_secs().max(1).to_string(),
-            "-f".into(),
-            script.display().to_string(),
-        ],
-    )
-    .await;
+    let mut extra = Vec::new();
+    let keyed_script;
+    let script = match keyed_for {
+        None => script,
+        Some(users) => {
+            let keys: Vec<String> = sqlx::query_scalar(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+                 WHERE conrelid = 'nodes'::regclass AND contype = 'f' ORDER BY conname",
+            )
+            .fetch_all(&mut db)
+            .await?;
+            for key in keys {
+                let key = key.replace("REFERENCES nodes(", "REFERENCES bench_nodes(");
+                // The definition comes from the catalogue, not from outside.
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "ALTER TABLE bench_nodes ADD {key}"
+                )))
+                .execute(&mut db)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO bench_nodes (id, content, author_id, root_id, x, y, z)
+                 SELECT -u.id, 'root', u.id, -u.id, 0, 0, 0 FROM users u WHERE u.id BETWEEN 1 AND $1",
+            )
+            .bind(users as i64)
+            .execute(&mut db)
+            .await?;
+            let roots: i64 = sqlx::query_scalar("SELECT count(*) FROM bench_nodes")
+                .fetch_one(&mut db)
+                .await?;
+            if roots != users as i64 {
+                bail!("the baseline with foreign keys needs users 1 to {users}; found {roots}");
+            }
+            extra = vec!["-D".to_owned(), format!("users={users}")];
+            keyed_script = script.with_file_name("insert-keyed.sql");
+            std::fs::write(&keyed_script, KEYED_INSERT)?;
+            &keyed_script
+        }
+    };
+    let output = pgbench(database_url, clients, duration, script, extra).await;
     db.execute("DROP TABLE bench_nodes").await?;
     let stdout = String::from_utf8_lossy(&output?.stdout).into_owned();
     stdout
@@ -763,6 +823,50 @@ async fn pgbench_inserts(
         .and_then(|l| l.split_whitespace().next())
         .and_then(|t| t.parse().ok())
         .context("no tps in pgbench's output")
+}
+
+/// pgbench's single-row inserts without and with foreign keys ([`pgbench_inserts`]), in the
+/// order asked for.
+#[derive(Debug, Clone, Copy)]
+struct Inserts {
+    plain: f64,
+    keyed: f64,
+}
+
+/// Runs both baselines of [`Inserts`], the plain one first unless `keyed_first`: run
+/// plain-keyed before the write phase and keyed-plain after it, a steady drift of the machine's
+/// speed weighs on both alike.
+async fn inserts(
+    args: &Args,
+    clients: usize,
+    script: &std::path::Path,
+    keyed_first: bool,
+) -> anyhow::Result<Inserts> {
+    let mut runs = [false, true];
+    if keyed_first {
+        runs.reverse();
+    }
+    let mut result = Inserts {
+        plain: 0.0,
+        keyed: 0.0,
+    };
+    for keyed in runs {
+        let keyed_for = keyed.then_some(args.write_users);
+        let tps = pgbench_inserts(
+            &args.database_url,
+            clients,
+            script,
+            args.duration,
+            keyed_for,
+        )
+        .await?;
+        if keyed {
+            result.keyed = tps;
+        } else {
+            result.plain = tps;
+        }
+    }
+    Ok(result)
 }
 
 /// The `/viz` query of `mutr_api::db::nodes::in_cube`, as a pgbench script: each transaction
@@ -844,19 +948,14 @@ async fn viz_ceiling(
     let started = Instant::now();
     let output = pgbench(
         database_url,
+        users,
+        duration,
+        &script,
         vec![
             "-l".into(),
             format!("--log-prefix={}", dir.join("log").display()),
-            "-c".into(),
-            users.to_string(),
-            "-j".into(),
-            users.clamp(1, 2).to_string(),
-            "-T".into(),
-            duration.as_secs().max(1).to_string(),
             "-D".into(),
             format!("centres={}", points.len()),
-            "-f".into(),
-            script.display().to_string(),
         ],
     )
     .await;
@@ -939,8 +1038,11 @@ async fn main() -> anyhow::Result<()> {
     let bracket = args.pgbench_clients.zip(args.pgbench_script.as_deref());
     let before = match bracket {
         Some((clients, script)) => {
-            eprintln!("baseline: pgbench, {clients} clients, right before the write phase");
-            Some(pgbench_inserts(&args.database_url, clients, script, args.duration).await?)
+            eprintln!(
+                "baselines: pgbench, {clients} clients, without and with foreign keys, right \
+                 before the write phase"
+            );
+            Some(inserts(&args, clients, script, false).await?)
         }
         None => None,
     };
@@ -952,14 +1054,20 @@ async fn main() -> anyhow::Result<()> {
         scenario(&client, &tokens[..args.write_users], args.duration, 1).await;
     let after = match bracket {
         Some((clients, script)) => {
-            eprintln!("baseline: pgbench, {clients} clients, right after the write phase");
-            Some(pgbench_inserts(&args.database_url, clients, script, args.duration).await?)
+            eprintln!(
+                "baselines: pgbench, {clients} clients, with and without foreign keys, right \
+                 after the write phase"
+            );
+            Some(inserts(&args, clients, script, true).await?)
         }
         None => None,
     };
-    let baseline_tps = match (before, after) {
-        (Some(b), Some(a)) => Some((b + a) / 2.0),
-        _ => args.pgbench_tps,
+    let (baseline_tps, keyed_tps) = match (before, after) {
+        (Some(b), Some(a)) => (
+            Some((b.plain + a.plain) / 2.0),
+            Some((b.keyed + a.keyed) / 2.0),
+        ),
+        _ => (args.pgbench_tps, None),
     };
     eprintln!(
         "mixed: {} users for {:?}, 1 write : 4 /viz",
@@ -1049,11 +1157,16 @@ async fn main() -> anyhow::Result<()> {
     println!("(/viz at scale returned {per_answer:.0} nodes per answer on average)");
     if let (Some(b), Some(a)) = (before, after) {
         println!(
-            "(pgbench's single-row inserts right before / after the write phase: {b:.0} / {a:.0} \
-             tps, their mean is the baseline{})",
+            "(pgbench's single-row inserts right before / after the write phase: {:.0} / {:.0} \
+             tps, their mean is the baseline{}; into the table with nodes' foreign keys: \
+             {:.0} / {:.0})",
+            b.plain,
+            a.plain,
             args.pgbench_tps
                 .map(|t| format!("; the client sweep earlier in the run: {t:.0}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            b.keyed,
+            a.keyed,
         );
     }
     if ceiling_p95.is_some() {
@@ -1074,6 +1187,15 @@ async fn main() -> anyhow::Result<()> {
             "node creation rate, write-heavy (req/s)",
             write_row.rps,
             format!("pgbench {tps:.0}, 1.5x target"),
+            write_row.rps / tps
+        );
+    }
+    if let Some(tps) = keyed_tps {
+        println!(
+            "{:<44} {:>12.0} {:>26} {:>8.2}",
+            "  vs pgbench with nodes' foreign keys",
+            write_row.rps,
+            format!("pgbench {tps:.0}"),
             write_row.rps / tps
         );
     }

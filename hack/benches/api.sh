@@ -7,7 +7,8 @@
 # defaults, checks and indexes), prepared, with the client count (of 8 to 100) that inserts
 # fastest on this machine, run again by the load bench right before and right after its write
 # phase (the figure compares with the mean of those two, so a machine whose speed drifts during
-# the run skews both sides alike); and, as the ceiling of any group commit, pgbench inserting 64
+# the run skews both sides alike), and beside it into the same table with `nodes`' foreign keys
+# (which `LIKE` does not copy; the API's inserts check them); and, as the ceiling of any group commit, pgbench inserting 64
 # rows per statement into the same table at its fastest client count (of 1 to 8). Under the /viz
 # figure, the load bench measures its own ceiling: pgbench running /viz's statement for the same
 # cubes on the same galaxy with as many clients as readers (the database alone, without HTTP or
