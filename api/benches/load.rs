@@ -8,7 +8,8 @@
 //! pgbench, write p95 under 15 ms, `/viz` p95 under 5 ms at 1,000,000 nodes, no errors):
 //! - pgbench's prepared single-row inserts at its fastest client count, which the bench runs
 //!   right before and right after the write-heavy phase (`--pgbench-clients`,
-//!   `--pgbench-script`), or the rate the script measured (`--pgbench-tps`);
+//!   `--pgbench-script`), or the rate the script measured (`--pgbench-tps`); beside it, the same
+//!   inserts into the table with `nodes`' foreign keys, which the API's inserts check too;
 //! - as the ceiling of group commit, pgbench's 64-row inserts (passed in by the script);
 //! - under the `/viz` figure, pgbench running the same statement for the same cubes on the same
 //!   galaxy with as many clients as readers (`--no-viz-ceiling` skips it).
