@@ -826,25 +826,30 @@ async fn pgbench_inserts(
         .context("no tps in pgbench's output")
 }
 
-/// pgbench's single-row inserts without and with foreign keys ([`pgbench_inserts`]), in the
-/// order asked for.
+/// pgbench's single-row inserts per second ([`pgbench_inserts`]) into the table without and
+/// with `nodes`' foreign keys.
 #[derive(Debug, Clone, Copy)]
 struct Inserts {
     plain: f64,
     keyed: f64,
 }
 
-/// Runs both baselines of [`Inserts`], the plain one first unless `keyed_first`: run
-/// plain-keyed before the write phase and keyed-plain after it, a steady drift of the machine's
-/// speed weighs on both alike.
+/// Runs both baselines of [`Inserts`] right before the write phase (plain, then keyed) or right
+/// after it (`after_writes`: keyed, then plain), so that a steady drift of the machine's speed
+/// weighs on both alike.
 async fn inserts(
     args: &Args,
     clients: usize,
     script: &std::path::Path,
-    keyed_first: bool,
+    after_writes: bool,
 ) -> anyhow::Result<Inserts> {
+    eprintln!(
+        "baselines: pgbench, {clients} clients, without and with foreign keys, right {} the \
+         write phase",
+        if after_writes { "after" } else { "before" }
+    );
     let mut runs = [false, true];
-    if keyed_first {
+    if after_writes {
         runs.reverse();
     }
     let mut result = Inserts {
@@ -1038,13 +1043,7 @@ async fn main() -> anyhow::Result<()> {
 
     let bracket = args.pgbench_clients.zip(args.pgbench_script.as_deref());
     let before = match bracket {
-        Some((clients, script)) => {
-            eprintln!(
-                "baselines: pgbench, {clients} clients, without and with foreign keys, right \
-                 before the write phase"
-            );
-            Some(inserts(&args, clients, script, false).await?)
-        }
+        Some((clients, script)) => Some(inserts(&args, clients, script, false).await?),
         None => None,
     };
     eprintln!(
@@ -1054,13 +1053,7 @@ async fn main() -> anyhow::Result<()> {
     let (w_writes, _, w_elapsed) =
         scenario(&client, &tokens[..args.write_users], args.duration, 1).await;
     let after = match bracket {
-        Some((clients, script)) => {
-            eprintln!(
-                "baselines: pgbench, {clients} clients, with and without foreign keys, right \
-                 after the write phase"
-            );
-            Some(inserts(&args, clients, script, true).await?)
-        }
+        Some((clients, script)) => Some(inserts(&args, clients, script, true).await?),
         None => None,
     };
     let (baseline_tps, keyed_tps) = match (before, after) {
