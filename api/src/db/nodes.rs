@@ -350,6 +350,9 @@ pub const VIZ_KEY_RANGES: usize = 16;
 /// look-up: the plain join was planned as a hash join that read the whole `users` table for
 /// every answer (7% of the machine in the same bench with 1,000 users, and growing with every
 /// guest).
+///
+/// `benches/load.rs` runs a copy of this statement through pgbench as the `/viz` figure's ceiling
+/// (`VIZ_PGBENCH`): keep the two in step.
 pub async fn in_cube(
     db: impl PgExecutor<'_>,
     cube: Cube,
