@@ -745,8 +745,8 @@ async fn pgbench(
 /// The single-row insert of `hack/benches/api.sh`'s `insert.sql` into a `bench_nodes` with
 /// `nodes`' foreign keys: the same text and coordinates, but each row is the child of one of
 /// `:users` roots, the root of user i having id -i and author i, as each of the write phase's users
-/// posts under their own nodes (one shared parent would make every insert wait on the same row
-/// lock).
+/// posts under their own nodes (with one shared parent and author, every insert's key-share locks
+/// would pile onto the same two rows, a multixact each that every concurrent insert extends).
 const KEYED_INSERT: &str = r"\set u random(1, :users)
 \set p 0 - :u
 \set x random(-2000, 2000)
