@@ -93,7 +93,7 @@ pgbench_run() {
     echo "$tps ${lat:-0}"
 }
 # The client count of "$@" at which pgbench runs $1 (a script) fastest, 10 s each; logs each run
-# as $2 (what it inserts). Prints the count.
+# as $2 (what it inserts). Prints the count and its rate.
 fastest_clients() {
     local script=$1 what=$2 best=0 best_tps=0 c t
     shift 2
@@ -102,16 +102,16 @@ fastest_clients() {
         log "sweep: pgbench, $c clients, prepared $what: $t tps"
         if awk -v a="$t" -v b="$best_tps" 'BEGIN { exit !(a > b) }'; then best=$c; best_tps=$t; fi
     done
-    echo "$best"
+    echo "$best $best_tps"
 }
 sweep=()
 for c in 8 16 32 64 "$pg_clients"; do
     if [ "$c" -le "$pg_clients" ]; then sweep+=("$c"); fi
 done
-best_clients="$(fastest_clients insert.sql "single-row inserts" "${sweep[@]}")"
+# The write figure's baseline itself is run by the load bench at this client count, right before
+# and right after its write phase; the sweep's rate is printed beside it.
+read -r best_clients tps < <(fastest_clients insert.sql "single-row inserts" "${sweep[@]}")
 secs="$(( $(sed -E 's/s$//' <<<"$duration") ))"
-log "baseline: pgbench, $best_clients clients (the fastest), prepared single-row inserts for $duration"
-read -r tps lat < <(pgbench_run "$best_clients" "$secs")
 # The floor under any write's latency: one client, one insert and its commit at a time.
 log "baseline: pgbench, 1 client, single-row inserts for 10 s (the commit latency floor)"
 read -r _ floor < <(pgbench_run 1 10)
@@ -126,7 +126,7 @@ SELECT '오늘 하늘 구름 바다 기억 마음 바람 여행 커피 음악 �
        floor(random() * 4001) - 2000, floor(random() * 4001) - 2000, floor(random() * 4001) - 2000
 FROM generate_series(1, 64);
 SQL
-best64_clients="$(fastest_clients insert64.sql "64-row inserts" 1 2 4 8)"
+read -r best64_clients _ < <(fastest_clients insert64.sql "64-row inserts" 1 2 4 8)
 log "ceiling: pgbench, $best64_clients clients (the fastest), prepared 64-row inserts for $duration"
 read -r tps64 _ < <(pgbench_run "$best64_clients" "$secs" insert64.sql)
 rows64="$(awk -v t="$tps64" 'BEGIN { printf "%.1f", t * 64 }')"
@@ -152,5 +152,5 @@ DATABASE_URL="$db_url" "$LOAD" \
     --pgbench-tps "$tps" ${floor:+--commit-floor-ms "$floor"} --pgbench-rows-64 "$rows64" \
     --pgbench-clients "$best_clients" --pgbench-script "$workdir/insert.sql" \
     ${MUTR_BENCH_LOAD_ARGS:-}
-log "pgbench baseline: $best_clients clients, prepared, $tps tps, average latency ${lat:-?} ms"
+log "pgbench's sweep: $best_clients clients fastest, prepared, $tps tps (10 s)"
 log "group commit's ceiling: pgbench, $best64_clients clients, prepared 64-row inserts, $rows64 rows/s"
