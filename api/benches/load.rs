@@ -6,10 +6,12 @@
 //! to 1,000,000 nodes. Prints requests/s, p50/p95/p99 and errors, and a table against the
 //! baselines measured in the same run and the targets of issue 15 (creation at least 1.5x
 //! pgbench, write p95 under 15 ms, `/viz` p95 under 5 ms at 1,000,000 nodes, no errors):
-//! - pgbench's prepared single-row inserts at its fastest client count, which the bench runs
-//!   right before and right after the write-heavy phase (`--pgbench-clients`,
-//!   `--pgbench-script`), or the rate the script measured (`--pgbench-tps`); beside it, the same
-//!   inserts into the table with `nodes`' foreign keys, which the API's inserts check too;
+//! - pgbench's prepared single-row inserts into the same table as the API's (a copy of `nodes`
+//!   with its foreign keys, which the API's inserts check too) at its fastest client count
+//!   (`--pgbench-sweep`), which the bench runs right before and right after the write-heavy
+//!   phase; beside it, the same inserts into a copy without the foreign keys
+//!   (`--pgbench-clients`, `--pgbench-script`), or only the rate the script measured for those
+//!   (`--pgbench-tps`);
 //! - as the ceiling of group commit, pgbench's 64-row inserts (passed in by the script);
 //! - under the `/viz` figure, pgbench running the same statement for the same cubes on the same
 //!   galaxy with as many clients as readers (`--no-viz-ceiling` skips it).
@@ -84,6 +86,10 @@ struct Args {
     /// run.
     #[arg(long, requires = "pgbench_clients")]
     pgbench_script: Option<std::path::PathBuf>,
+    /// Client counts at which to try the baseline with `nodes`' foreign keys (10 s each, before
+    /// the write phase) for its own fastest count; without them it runs at `--pgbench-clients`.
+    #[arg(long, value_delimiter = ',', requires = "pgbench_clients")]
+    pgbench_sweep: Vec<usize>,
     /// Rows/s pgbench stores with 64 rows per statement and commit into the same table, at its
     /// fastest client count: the ceiling of any group commit on this machine.
     #[arg(long)]
@@ -834,18 +840,48 @@ struct Inserts {
     keyed: f64,
 }
 
+/// The client count of `counts` at which the baseline with `nodes`' foreign keys inserts
+/// fastest, 10 s each (`api.sh` sweeps the one without them); `fallback` when `counts` is empty.
+async fn fastest_keyed(
+    args: &Args,
+    counts: &[usize],
+    script: &std::path::Path,
+    fallback: usize,
+) -> anyhow::Result<usize> {
+    let mut best = (fallback, 0.0);
+    for &clients in counts {
+        let tps = pgbench_inserts(
+            &args.database_url,
+            clients,
+            script,
+            Duration::from_secs(10),
+            Some(args.write_users),
+        )
+        .await?;
+        eprintln!(
+            "sweep: pgbench, {clients} clients, single-row inserts with foreign keys: {tps:.0} tps"
+        );
+        if tps > best.1 {
+            best = (clients, tps);
+        }
+    }
+    Ok(best.0)
+}
+
 /// Runs both baselines of [`Inserts`] right before the write phase (plain, then keyed) or right
 /// after it (`after_writes`: keyed, then plain), so that a steady drift of the machine's speed
-/// weighs on both alike.
+/// weighs on both alike; each at its own fastest client count (`clients`: plain, keyed).
 async fn inserts(
     args: &Args,
-    clients: usize,
+    clients: (usize, usize),
     script: &std::path::Path,
     after_writes: bool,
 ) -> anyhow::Result<Inserts> {
     eprintln!(
-        "baselines: pgbench, {clients} clients, without and with foreign keys, right {} the \
-         write phase",
+        "baselines: pgbench, {} / {} clients, without / with foreign keys, right {} the write \
+         phase",
+        clients.0,
+        clients.1,
         if after_writes { "after" } else { "before" }
     );
     let mut runs = [false, true];
@@ -860,7 +896,7 @@ async fn inserts(
         let keyed_for = keyed.then_some(args.write_users);
         let tps = pgbench_inserts(
             &args.database_url,
-            clients,
+            if keyed { clients.1 } else { clients.0 },
             script,
             args.duration,
             keyed_for,
@@ -1041,7 +1077,16 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let bracket = args.pgbench_clients.zip(args.pgbench_script.as_deref());
+    let bracket = match args.pgbench_clients.zip(args.pgbench_script.as_deref()) {
+        Some((plain, script)) => Some((
+            (
+                plain,
+                fastest_keyed(&args, &args.pgbench_sweep, script, plain).await?,
+            ),
+            script,
+        )),
+        None => None,
+    };
     let before = match bracket {
         Some((clients, script)) => Some(inserts(&args, clients, script, false).await?),
         None => None,
@@ -1149,18 +1194,21 @@ async fn main() -> anyhow::Result<()> {
     println!("closed loop (no think time): saturation");
     print_rows(&rows);
     println!("(/viz at scale returned {per_answer:.0} nodes per answer on average)");
-    if let (Some(b), Some(a)) = (before, after) {
+    if let (Some(b), Some(a), Some((clients, _))) = (before, after, bracket) {
         println!(
-            "(pgbench's single-row inserts right before / after the write phase: {:.0} / {:.0} \
-             tps, their mean is the baseline{}; into the table with nodes' foreign keys: \
-             {:.0} / {:.0})",
-            b.plain,
-            a.plain,
-            args.pgbench_tps
-                .map(|t| format!("; the client sweep earlier in the run: {t:.0}"))
-                .unwrap_or_default(),
+            "(pgbench's single-row inserts right before / after the write phase, into the same \
+             table (nodes' columns, checks, indexes and foreign keys): {:.0} / {:.0} tps at {} \
+             clients, their mean is the baseline; into a copy without the foreign keys: {:.0} / \
+             {:.0} tps at {} clients{})",
             b.keyed,
             a.keyed,
+            clients.1,
+            b.plain,
+            a.plain,
+            clients.0,
+            args.pgbench_tps
+                .map(|t| format!(", {t:.0} in the client sweep earlier in the run"))
+                .unwrap_or_default(),
         );
     }
     if ceiling_p95.is_some() {
@@ -1175,7 +1223,9 @@ async fn main() -> anyhow::Result<()> {
         "{:<44} {:>12} {:>26} {:>8}",
         "figure", "value", "baseline", "ratio"
     );
-    if let Some(tps) = baseline_tps {
+    // The target's baseline is the insert into the same table, foreign keys included, as the
+    // API's inserts check them; without a bracket only the rate without them is known.
+    if let Some(tps) = keyed_tps {
         println!(
             "{:<44} {:>12.0} {:>26} {:>8.2}",
             "node creation rate, write-heavy (req/s)",
@@ -1184,12 +1234,22 @@ async fn main() -> anyhow::Result<()> {
             write_row.rps / tps
         );
     }
-    if let Some(tps) = keyed_tps {
+    if let Some(tps) = baseline_tps {
+        let (label, baseline) = match keyed_tps {
+            Some(_) => (
+                "  vs a copy without nodes' foreign keys",
+                format!("pgbench {tps:.0}"),
+            ),
+            None => (
+                "node creation rate, write-heavy (req/s)",
+                format!("pgbench {tps:.0} (no FKs)"),
+            ),
+        };
         println!(
             "{:<44} {:>12.0} {:>26} {:>8.2}",
-            "  vs pgbench with nodes' foreign keys",
+            label,
             write_row.rps,
-            format!("pgbench {tps:.0}"),
+            baseline,
             write_row.rps / tps
         );
     }

@@ -3,13 +3,14 @@
 # by api/benches/load.rs: write-heavy (100 users posting nodes) and mixed (200 users, one write to
 # four /viz reads), 30 s each, then /viz on a galaxy of 1,000,000 clustered nodes (replacing the
 # nodes the write phases stored, so that figure does not depend on them). Baseline measured
-# in the same run: pgbench single-row inserts into a table shaped like `nodes` (same columns,
-# defaults, checks and indexes), prepared, with the client count (of 8 to 100) that inserts
-# fastest on this machine, run again by the load bench right before and right after its write
-# phase (the figure compares with the mean of those two, so a machine whose speed drifts during
-# the run skews both sides alike), and beside it into the same table with `nodes`' foreign keys
-# (which `LIKE` does not copy; the API's inserts check them); and, as the ceiling of any group commit, pgbench inserting 64
-# rows per statement into the same table at its fastest client count (of 1 to 8). Under the /viz
+# in the same run: pgbench's prepared single-row inserts into the same table as the API's (a copy
+# of `nodes` with its columns, defaults, checks, indexes and foreign keys), with the client count
+# (of 8 to 100) that inserts fastest on this machine, run by the load bench right before and right
+# after its write phase (the figure compares with the mean of those two, so a machine whose speed
+# drifts during the run skews both sides alike); beside it the same inserts into a copy without
+# the foreign keys (`LIKE` copies none; this script sweeps that one's client counts); and, as the
+# ceiling of any group commit, pgbench inserting 64 rows per statement into the copy without
+# foreign keys at its fastest client count (of 1 to 8). Under the /viz
 # figure, the load bench measures its own ceiling: pgbench running /viz's statement for the same
 # cubes on the same galaxy with as many clients as readers (the database alone, without HTTP or
 # JSON).
@@ -61,12 +62,16 @@ trap cleanup EXIT
 
 DATABASE_URL="$db_url" RUST_LOG=warn "$BIN" migrate
 
-# pgbench needs one connection per client besides the API's pool.
+# pgbench needs one connection per client besides the API's: the load bench runs the baselines
+# while the API is up, its pools (`MUTR_DB_MAX_CONNECTIONS`, and the node writer's
+# `MUTR_NODE_BATCH_CONCURRENCY`) possibly full after the write phase, and keeps one of its own.
 max_conn="$(psql -At "$db_url" -c 'SHOW max_connections')"
+api_conns=$(( ${MUTR_DB_MAX_CONNECTIONS:-32} + ${MUTR_NODE_BATCH_CONCURRENCY:-2} ))
 pg_clients=$write_users
-if [ "$max_conn" -lt $((write_users + 10)) ]; then
-    pg_clients=$((max_conn - 10))
-    log "max_connections is $max_conn: pgbench runs $pg_clients clients instead of $write_users"
+if [ "$max_conn" -lt $((write_users + api_conns + 10)) ]; then
+    pg_clients=$((max_conn - api_conns - 10))
+    [ "$pg_clients" -ge 8 ] || die "max_connections is $max_conn: too few for pgbench beside the API's $api_conns"
+    log "max_connections is $max_conn: pgbench runs at most $pg_clients clients instead of $write_users"
 fi
 
 psql -q -v ON_ERROR_STOP=1 "$db_url" -c "CREATE TABLE bench_nodes (LIKE nodes INCLUDING ALL)" >/dev/null
@@ -108,8 +113,9 @@ sweep=()
 for c in 8 16 32 64 "$pg_clients"; do
     if [ "$c" -le "$pg_clients" ]; then sweep+=("$c"); fi
 done
-# The write figure's baseline itself is run by the load bench at this client count, right before
-# and right after its write phase; the sweep's rate is printed beside it.
+# The inserts without foreign keys are run again by the load bench at this client count, right
+# before and right after its write phase, beside the write figure's baseline (with them), whose
+# client count the load bench sweeps itself (it sets up their keys and parents).
 read -r best_clients tps < <(fastest_clients insert.sql "single-row inserts" "${sweep[@]}")
 secs="$(( $(sed -E 's/s$//' <<<"$duration") ))"
 # The floor under any write's latency: one client, one insert and its commit at a time.
@@ -151,6 +157,7 @@ DATABASE_URL="$db_url" "$LOAD" \
     --write-users "$write_users" --mixed-users "$mixed_users" --galaxy-nodes "$galaxy" \
     --pgbench-tps "$tps" ${floor:+--commit-floor-ms "$floor"} --pgbench-rows-64 "$rows64" \
     --pgbench-clients "$best_clients" --pgbench-script "$workdir/insert.sql" \
+    --pgbench-sweep "$(IFS=,; echo "${sweep[*]}")" \
     ${MUTR_BENCH_LOAD_ARGS:-}
 log "pgbench's sweep: $best_clients clients fastest, prepared, $tps tps (10 s)"
 log "group commit's ceiling: pgbench, $best64_clients clients, prepared 64-row inserts, $rows64 rows/s"
