@@ -75,10 +75,11 @@ struct Args {
     /// pgbench's single-row insert rate (transactions/s), prepared, at its fastest client count.
     #[arg(long)]
     pgbench_tps: Option<f64>,
-    /// The client count at which pgbench inserts fastest (with `--pgbench-script`): the bench then
-    /// runs that baseline itself right before and right after the write-heavy phase, for as long,
-    /// and compares node creation with their mean (a machine whose speed drifts over the run
-    /// skews both sides alike), rather than with `--pgbench-tps`.
+    /// The client count at which pgbench inserts fastest into the copy without foreign keys (with
+    /// `--pgbench-script`): the bench then runs both baselines itself right before and right
+    /// after the write-heavy phase, for as long, and compares node creation with their means (a
+    /// machine whose speed drifts over the run skews both sides alike), the target's with the
+    /// inserts into the copy with foreign keys, rather than only with `--pgbench-tps`.
     #[arg(long, requires = "pgbench_script")]
     pgbench_clients: Option<usize>,
     /// pgbench's single-row insert script (`hack/benches/api.sh` writes it), inserting into

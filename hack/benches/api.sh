@@ -5,7 +5,8 @@
 # nodes the write phases stored, so that figure does not depend on them). Baseline measured
 # in the same run: pgbench's prepared single-row inserts into the same table as the API's (a copy
 # of `nodes` with its columns, defaults, checks, indexes and foreign keys), with the client count
-# (of 8 to 100) that inserts fastest on this machine, run by the load bench right before and right
+# (of 8 to 100, or what max_connections leaves beside the API) that inserts fastest on this
+# machine, run by the load bench right before and right
 # after its write phase (the figure compares with the mean of those two, so a machine whose speed
 # drifts during the run skews both sides alike); beside it the same inserts into a copy without
 # the foreign keys (`LIKE` copies none; this script sweeps that one's client counts); and, as the
