@@ -6,15 +6,14 @@
 # in the same run: pgbench's prepared single-row inserts into the same table as the API's (a copy
 # of `nodes` with its columns, defaults, checks, indexes and foreign keys), with the client count
 # (of 8 to 100, or what max_connections leaves beside the API) that inserts fastest on this
-# machine, run by the load bench right before and right
-# after its write phase (the figure compares with the mean of those two, so a machine whose speed
-# drifts during the run skews both sides alike); beside it the same inserts into a copy without
-# the foreign keys (`LIKE` copies none; this script sweeps that one's client counts); and, as the
-# ceiling of any group commit, pgbench inserting 64 rows per statement into the copy without
-# foreign keys at its fastest client count (of 1 to 8). Under the /viz
-# figure, the load bench measures its own ceiling: pgbench running /viz's statement for the same
-# cubes on the same galaxy with as many clients as readers (the database alone, without HTTP or
-# JSON).
+# machine, run by the load bench right before and right after its write phase (the figure
+# compares with the mean of those two, so a machine whose speed drifts during the run skews both
+# sides alike); beside it the same inserts into a copy without the foreign keys (`LIKE` copies
+# none; this script sweeps that one's client counts); and, as the ceiling of any group commit,
+# pgbench inserting 64 rows per statement into the copy without foreign keys at its fastest
+# client count (of 1 to 8). Under the /viz figure, the load bench measures its own ceiling:
+# pgbench running /viz's statement for the same cubes on the same galaxy with as many clients as
+# readers (the database alone, without HTTP or JSON).
 # Needs DATABASE_URL, REDIS_URL and pgbench (hack/bench.sh provides them).
 # Knobs: MUTR_BENCH_DURATION (30s), MUTR_BENCH_GALAXY (1000000); for comparing two builds,
 # MUTR_BENCH_API_BIN (a mutr-api binary to measure instead of this tree's release build) and
