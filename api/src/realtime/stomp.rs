@@ -154,6 +154,12 @@ fn is_connect_like(command: &str) -> bool {
 }
 
 fn escape_into(out: &mut String, s: &str, version: Version) {
+    // Header values rarely need escaping (a destination, a subscription id, a message id): copy
+    // them whole, rather than character by character, once a scan finds nothing to escape.
+    if !s.bytes().any(|b| matches!(b, b'\\' | b'\n' | b':' | b'\r')) {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
