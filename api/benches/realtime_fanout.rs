@@ -19,9 +19,8 @@ use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use mutr_api::realtime::{GALAXY_TOPIC, Realtime, RealtimeArgs};
 use tokio::sync::broadcast;
+use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -35,18 +34,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A subscriber's connection. Its read buffer is 4 KiB, as the push's own
-/// (`realtime::ws::READ_BUFFER`): tungstenite zero-fills its whole read reservation (128 KiB by
-/// default) on every read, so with the default the clients' cost grew with how often events
-/// arrive one by one, and charged that to whichever server delivered them that way.
-async fn connect(url: String) -> WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>> {
-    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
-    let (ws, _) = connect_async_with_config(url, Some(config), true)
-        .await
-        .expect("connect");
-    ws
 }
 
 /// An event body shaped like a node, carrying its publication time.
@@ -110,7 +97,9 @@ async fn realtime_run(subscribers: usize, events: usize) -> Outcome {
     let start = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..subscribers {
-        let mut ws = connect(format!("ws://{addr}/ws-mutr/websocket")).await;
+        let (mut ws, _) = connect_async(format!("ws://{addr}/ws-mutr/websocket"))
+            .await
+            .expect("connect");
         ws.send(Message::text(
             "CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0",
         ))
@@ -184,7 +173,9 @@ async fn baseline_run(subscribers: usize, events: usize) -> Outcome {
     let start = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..subscribers {
-        let mut ws = connect(format!("ws://{addr}/ws")).await;
+        let (mut ws, _) = connect_async(format!("ws://{addr}/ws"))
+            .await
+            .expect("connect");
         clients.push(tokio::spawn(async move {
             read_events(&mut ws, events, start).await
         }));
