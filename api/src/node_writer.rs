@@ -51,6 +51,14 @@ pub struct NodeWriterArgs {
     #[arg(long, env = "MUTR_NODE_BATCH_LINGER", value_parser = humantime::parse_duration, default_value = "0s")]
     pub node_batch_linger: Duration,
 
+    /// How long a batch waits for more nodes when a statement slot is free but another statement
+    /// is still in flight (the database is busy): the users the last batch just answered send
+    /// their next nodes within this time, and join this batch instead of the one after it. An
+    /// idle writer never waits (see `MUTR_NODE_BATCH_LINGER` for that); the longer of the two
+    /// applies. 0s turns it off.
+    #[arg(long, env = "MUTR_NODE_BATCH_BUSY_LINGER", value_parser = humantime::parse_duration, default_value = "300us")]
+    pub node_batch_busy_linger: Duration,
+
     /// Node creations that may wait for a batch; beyond it, requests wait to be queued.
     #[arg(long, env = "MUTR_NODE_WRITE_QUEUE", default_value_t = 4096)]
     pub node_write_queue: usize,
@@ -62,6 +70,7 @@ impl Default for NodeWriterArgs {
             node_batch_max_rows: 64,
             node_batch_concurrency: 2,
             node_batch_linger: Duration::ZERO,
+            node_batch_busy_linger: Duration::from_micros(300),
             node_write_queue: 4096,
         }
     }
@@ -149,7 +158,10 @@ impl NodeWriter {
             sinks,
             args.node_batch_max_rows.max(1),
             args.node_batch_concurrency.max(1),
-            args.node_batch_linger,
+            Linger {
+                idle: args.node_batch_linger,
+                busy: args.node_batch_busy_linger,
+            },
         ));
         Self { queue }
     }
@@ -166,13 +178,22 @@ impl NodeWriter {
     }
 }
 
+/// How long a batch waits for company once it has a statement slot.
+#[derive(Debug, Clone, Copy)]
+struct Linger {
+    /// When no other statement is in flight.
+    idle: Duration,
+    /// When another statement is in flight.
+    busy: Duration,
+}
+
 async fn run(
     mut rx: mpsc::Receiver<Job>,
     pool: PgPool,
     sinks: Sinks,
     max_rows: usize,
     concurrency: usize,
-    linger: Duration,
+    linger: Linger,
 ) {
     let slots = Arc::new(Semaphore::new(concurrency));
     loop {
@@ -191,7 +212,14 @@ async fn run(
                 Err(_) => break,
             }
         }
-        if !linger.is_zero() {
+        // Slots held by other batches: their statements are still running.
+        let others_in_flight = concurrency - 1 - slots.available_permits();
+        let linger = if others_in_flight > 0 {
+            linger.idle.max(linger.busy)
+        } else {
+            linger.idle
+        };
+        if !linger.is_zero() && batch.len() < max_rows {
             let deadline = tokio::time::Instant::now() + linger;
             while batch.len() < max_rows {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -386,6 +414,7 @@ mod tests {
             node_batch_max_rows: 100,
             node_batch_concurrency: 1,
             node_batch_linger: Duration::from_millis(300),
+            node_batch_busy_linger: Duration::ZERO,
             node_write_queue: 100,
         }
     }
@@ -461,6 +490,29 @@ mod tests {
         let ids: Vec<i64> = stored(&pool).await.iter().map(|r| r.0).collect();
         assert_eq!(ids, vec![root.id, child.id, second.id]);
         assert_eq!(*rec.handed_off.lock().unwrap(), ids);
+    }
+
+    /// The busy linger applies only while another statement runs: a lone creation on an idle
+    /// writer is stored at once, however long that linger is.
+    #[sqlx::test]
+    async fn an_idle_writer_does_not_linger(pool: PgPool) {
+        let args = NodeWriterArgs {
+            node_batch_busy_linger: Duration::from_secs(30),
+            ..NodeWriterArgs::default()
+        };
+        let (w, _) = writer(&pool, &args);
+        let author = guest(&pool, 1).await;
+        for n in 0..3 {
+            let started = std::time::Instant::now();
+            create(&w, draft(&author, &format!("혼자 {n}"), None))
+                .await
+                .unwrap();
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                started.elapsed()
+            );
+        }
     }
 
     /// Many users creating roots and children at once: every creation succeeds, with distinct
