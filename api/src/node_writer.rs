@@ -212,7 +212,9 @@ async fn run(
                 Err(_) => break,
             }
         }
-        // Slots held by other batches: their statements are still running.
+        // Slots held by other batches: their statements are still running (or their users are
+        // being answered: a slot is let go right after, so a node sent back within microseconds
+        // of its user's answer may wait the busy linger once).
         let others_in_flight = concurrency - 1 - slots.available_permits();
         let linger = if others_in_flight > 0 {
             linger.idle.max(linger.busy)
@@ -503,6 +505,10 @@ mod tests {
         let (w, _) = writer(&pool, &args);
         let author = guest(&pool, 1).await;
         for n in 0..3 {
+            // A user who waits a moment, as people do: the last batch's task has let its
+            // statement slot go by then (it does so right after answering), so nothing is in
+            // flight when this node arrives.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             let started = std::time::Instant::now();
             create(&w, draft(&author, &format!("혼자 {n}"), None))
                 .await
