@@ -221,7 +221,7 @@ async fn run(
         } else {
             linger.idle
         };
-        if !linger.is_zero() && batch.len() < max_rows {
+        if !linger.is_zero() {
             let deadline = tokio::time::Instant::now() + linger;
             while batch.len() < max_rows {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
