@@ -154,3 +154,126 @@ async fn redis_outage_local_delivery_goes_on_and_replicas_resubscribe() {
     one.stop().await;
     two.stop().await;
 }
+
+/// The next message a reader of the plain channel gets within `wait`, as JSON.
+async fn next_plain(
+    stream: &mut (impl futures::Stream<Item = redis::Msg> + Unpin),
+    wait: Duration,
+) -> Option<serde_json::Value> {
+    use futures::StreamExt;
+    let msg = tokio::time::timeout(wait, stream.next()).await.ok()??;
+    Some(serde_json::from_slice(msg.get_payload_bytes()).expect("a JSON envelope"))
+}
+
+/// Expand/contract of the bridge's format. A replica of the release before the batch channel
+/// reads and publishes one event per message on the plain channel. While one listens, a batching
+/// replica publishes each event there too: the older replica gets each of its events once, in
+/// order and in the format it reads, its own events reach the batching replicas once, and a
+/// batching replica does not get the copies as well as the batch. Once it is gone, the copies stop.
+#[tokio::test]
+async fn a_replica_of_the_previous_release_still_gets_and_sends_every_event() {
+    let a = args();
+    let channel = a.realtime_redis_channel.clone();
+    let mut b = args();
+    b.realtime_redis_channel = channel.clone();
+    let one = Server::start(a, Some(redis_url())).await;
+    let two = Server::start(b, Some(redis_url())).await;
+    one.wait_redis().await;
+    two.wait_redis().await;
+    let mut on_two = WsClient::connected(&two, Transport::RawWebSocket).await;
+    on_two.subscribe("s", GALAXY_TOPIC).await;
+    let mut on_one = WsClient::connected(&one, Transport::RawWebSocket).await;
+    on_one.subscribe("s", GALAXY_TOPIC).await;
+
+    // Only batching replicas listen: after its first publication, replica one knows it.
+    one.realtime.publish(GALAXY_TOPIC, node(0)).await;
+    assert!(receives(&mut on_two, &node(0), DEADLINE).await);
+    realtime_support::wait_for("replica one to see no older reader", || {
+        let rt = one.realtime.clone();
+        async move { rt.redis_legacy_readers() == Some(false) }
+    })
+    .await;
+
+    // A replica of the previous release subscribes to the plain channel alone.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut old_reader = client.get_async_pubsub().await.unwrap();
+    old_reader.subscribe(&channel).await.unwrap();
+    let mut old_stream = old_reader.into_on_message();
+    // Publishing until it gets one: the publication that first notices it may go without a copy.
+    let mut id = 1;
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the older replica never got an event"
+        );
+        one.realtime.publish(GALAXY_TOPIC, node(id)).await;
+        assert!(receives(&mut on_two, &node(id), DEADLINE).await);
+        if let Some(envelope) = next_plain(&mut old_stream, Duration::from_millis(200)).await {
+            assert_eq!(envelope["body"], node(id));
+            break;
+        }
+        id += 1;
+    }
+    assert_eq!(one.realtime.redis_legacy_readers(), Some(true));
+    for id in 100..150 {
+        one.realtime.publish(GALAXY_TOPIC, node(id)).await;
+    }
+    for id in 100..150 {
+        let envelope = next_plain(&mut old_stream, DEADLINE)
+            .await
+            .unwrap_or_else(|| panic!("event {id} did not reach the older replica"));
+        assert_eq!(envelope["destination"], GALAXY_TOPIC);
+        assert_eq!(
+            envelope["body"],
+            node(id),
+            "event {id} out of order or missing"
+        );
+        assert!(envelope["origin"].is_string());
+    }
+    // Replica two got each of them once: the batch, not the copies too.
+    for id in 100..150 {
+        let f = on_two.frame().await;
+        assert_eq!(
+            f.body,
+            node(id).as_bytes(),
+            "event {id} out of order or missing"
+        );
+    }
+    assert!(!receives(&mut on_two, &node(149), Duration::from_millis(300)).await);
+
+    // The older replica publishes: both batching replicas deliver it, once.
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let old_event = serde_json::json!({
+        "origin": "a-replica-of-the-previous-release",
+        "destination": GALAXY_TOPIC,
+        "body": node(7000),
+    });
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg(old_event.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for client in [&mut on_one, &mut on_two] {
+        // Replica one's own events before it reach its own subscriber too.
+        assert!(receives(client, &node(7000), DEADLINE).await);
+        assert!(!receives(client, &node(7000), Duration::from_millis(300)).await);
+    }
+
+    // The older replica is gone: the copies stop.
+    drop(old_stream);
+    let start = Instant::now();
+    let mut id = 8000;
+    while one.realtime.redis_legacy_readers() != Some(false) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "replica one kept publishing copies"
+        );
+        one.realtime.publish(GALAXY_TOPIC, node(id)).await;
+        assert!(receives(&mut on_two, &node(id), DEADLINE).await);
+        id += 1;
+    }
+    one.stop().await;
+    two.stop().await;
+}

@@ -44,12 +44,45 @@ impl Hub {
     }
 }
 
-/// What replicas exchange over Redis.
+/// One event per message, on the bridge's channel: how every release before the batch channel
+/// exchanged events, and how replicas of those releases still read them (they subscribe to that
+/// channel alone). A batching replica reads it from older replicas, and publishes each event in
+/// it too only while such a replica listens (see [`legacy_readers`]).
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope<'a> {
     /// The replica that published it, so that it does not deliver its own events twice.
     #[serde(borrow)]
     origin: Cow<'a, str>,
+    #[serde(borrow)]
+    destination: Cow<'a, str>,
+    #[serde(borrow)]
+    body: Cow<'a, str>,
+    /// Set on the copies a batching replica publishes for older ones: the same event went out in
+    /// a [`BatchEnvelope`] too, so batching replicas skip the copy. Older releases ignore it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    batched: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The events one replica published while its last message was on the wire, in order, as one
+/// message on the batch channel (`{channel}.batch`): one Redis command and one delivery per
+/// replica for a burst, instead of one per event.
+#[derive(Debug, Serialize, Deserialize)]
+struct BatchEnvelope<'a> {
+    /// The replica that published it (the first field, as in [`Envelope`], for [`own_echo`]).
+    #[serde(borrow)]
+    origin: Cow<'a, str>,
+    #[serde(borrow)]
+    events: Vec<WireEvent<'a>>,
+}
+
+/// One event of a [`BatchEnvelope`].
+#[derive(Debug, Serialize, Deserialize)]
+struct WireEvent<'a> {
     #[serde(borrow)]
     destination: Cow<'a, str>,
     #[serde(borrow)]
@@ -67,13 +100,21 @@ pub struct BridgeConfig {
     pub retry_max: Duration,
 }
 
+impl BridgeConfig {
+    /// The channel of [`BatchEnvelope`]s, beside `channel` (which keeps one event per message
+    /// for replicas of older releases).
+    pub fn batch_channel(&self) -> String {
+        format!("{}.batch", self.channel)
+    }
+}
+
 /// The publishing side of the bridge, and whether both connections are up.
 #[derive(Debug)]
 pub struct Bridge {
-    replica_id: String,
-    queue: mpsc::Sender<String>,
+    queue: mpsc::Sender<Arc<Event>>,
     publisher_up: Arc<AtomicBool>,
     subscriber_up: Arc<AtomicBool>,
+    legacy_readers: Arc<AtomicBool>,
 }
 
 impl Bridge {
@@ -89,44 +130,39 @@ impl Bridge {
         let (queue, rx) = mpsc::channel(config.publish_queue.max(1));
         let publisher_up = Arc::new(AtomicBool::new(false));
         let subscriber_up = Arc::new(AtomicBool::new(false));
+        // Until Redis says otherwise, an older replica may be listening.
+        let legacy_readers = Arc::new(AtomicBool::new(true));
         tokio::spawn(run_publisher(
             client.clone(),
             config.clone(),
+            replica_id.clone(),
             rx,
-            publisher_up.clone(),
+            Publisher {
+                up: publisher_up.clone(),
+                legacy_readers: legacy_readers.clone(),
+            },
             shutdown.clone(),
         ));
         tokio::spawn(run_subscriber(
             client,
             config,
-            replica_id.clone(),
+            replica_id,
             hub,
             subscriber_up.clone(),
             shutdown,
         ));
         Bridge {
-            replica_id,
             queue,
             publisher_up,
             subscriber_up,
+            legacy_readers,
         }
     }
 
     /// Queues the event for the other replicas; drops it (and counts that) when the queue is full,
     /// which happens only while Redis is slow or down.
-    pub fn publish(&self, event: &Event) {
-        let payload = match serde_json::to_string(&Envelope {
-            origin: Cow::Borrowed(&self.replica_id),
-            destination: Cow::Borrowed(&event.destination),
-            body: Cow::Borrowed(&event.body),
-        }) {
-            Ok(p) => p,
-            Err(error) => {
-                tracing::error!(%error, "cannot encode a realtime event for Redis");
-                return;
-            }
-        };
-        if self.queue.try_send(payload).is_err() {
+    pub fn publish(&self, event: &Arc<Event>) {
+        if self.queue.try_send(event.clone()).is_err() {
             metrics::counter!(m::EVENTS_DROPPED, "reason" => "redis_queue_full").increment(1);
             tracing::warn!(
                 destination = %event.destination,
@@ -138,6 +174,12 @@ impl Bridge {
     /// Whether both the publishing and the subscribed connection are up.
     pub fn connected(&self) -> bool {
         self.publisher_up.load(Ordering::Relaxed) && self.subscriber_up.load(Ordering::Relaxed)
+    }
+
+    /// Whether, as Redis last said, a replica of an older release listens on the channel, so that
+    /// each event is also published there on its own.
+    pub fn legacy_readers(&self) -> bool {
+        self.legacy_readers.load(Ordering::Relaxed)
     }
 }
 
@@ -184,20 +226,113 @@ fn set_connected(flag: &AtomicBool, up: bool, other: &str) {
 /// Most events one pipeline publishes (a burst larger than this goes out in several).
 const PUBLISH_BATCH: usize = 128;
 
+/// What the publisher tells the rest of the bridge.
+struct Publisher {
+    up: Arc<AtomicBool>,
+    legacy_readers: Arc<AtomicBool>,
+}
+
+impl Publisher {
+    fn set_legacy_readers(&self, present: bool, channel: &str) {
+        if self.legacy_readers.swap(present, Ordering::Relaxed) != present {
+            if present {
+                tracing::info!(%channel, "realtime: a replica of an older release listens; publishing each event on its own too");
+            } else {
+                tracing::info!(%channel, "realtime: no replica of an older release listens; publishing batches only");
+            }
+        }
+        metrics::gauge!(m::LEGACY_READERS).set(f64::from(u8::from(present)));
+    }
+}
+
+/// Whether a reader of one event per message (a replica of an older release) listens, from the
+/// answer to `PUBSUB NUMSUB channel batch_channel`. Every batching replica subscribes to both
+/// channels in one command, so the plain channel has more subscribers only while another reader
+/// listens there. None when the answer is not the expected one.
+fn legacy_readers(numsub: &redis::Value) -> Option<bool> {
+    let count = |v: &redis::Value| match v {
+        redis::Value::Int(n) => Some(*n),
+        _ => None,
+    };
+    match numsub {
+        redis::Value::Array(items) => match items.as_slice() {
+            [_, plain, _, batched] => Some(count(plain)? > count(batched)?),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A value as JSON, or None (logged) when it cannot be: never for these string-only envelopes.
+fn encode(value: &impl Serialize) -> Option<String> {
+    serde_json::to_string(value)
+        .inspect_err(|error| tracing::error!(%error, "cannot encode realtime events for Redis"))
+        .ok()
+}
+
+/// One pipeline for `batch`: the batch as one message on the batch channel; while older replicas
+/// listen, each event on its own on the plain channel too; then the question whether they still
+/// do, so that a replica of an older release that subscribes misses at most one pipeline.
+fn publishing(
+    config: &BridgeConfig,
+    batch_channel: &str,
+    replica_id: &str,
+    batch: &[Arc<Event>],
+    legacy_readers: bool,
+) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    let batched = BatchEnvelope {
+        origin: Cow::Borrowed(replica_id),
+        events: batch
+            .iter()
+            .map(|e| WireEvent {
+                destination: Cow::Borrowed(&e.destination),
+                body: Cow::Borrowed(&e.body),
+            })
+            .collect(),
+    };
+    if let Some(payload) = encode(&batched) {
+        pipe.cmd("PUBLISH").arg(batch_channel).arg(payload).ignore();
+    }
+    if legacy_readers {
+        for event in batch {
+            let single = Envelope {
+                origin: Cow::Borrowed(replica_id),
+                destination: Cow::Borrowed(&event.destination),
+                body: Cow::Borrowed(&event.body),
+                batched: true,
+            };
+            if let Some(payload) = encode(&single) {
+                pipe.cmd("PUBLISH")
+                    .arg(&config.channel)
+                    .arg(payload)
+                    .ignore();
+            }
+        }
+    }
+    pipe.cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(&config.channel)
+        .arg(batch_channel);
+    pipe
+}
+
 async fn run_publisher(
     client: redis::Client,
     config: BridgeConfig,
-    mut rx: mpsc::Receiver<String>,
-    up: Arc<AtomicBool>,
+    replica_id: String,
+    mut rx: mpsc::Receiver<Arc<Event>>,
+    publisher: Publisher,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(config.retry_min, config.retry_max);
+    let batch_channel = config.batch_channel();
     let conn_config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.timeout))
         .set_response_timeout(Some(config.timeout));
-    // Messages taken from the queue whose publication failed are published first on the next
+    // Events taken from the queue whose publication failed are published first on the next
     // connection, so that a broken connection loses none; newer ones wait in the bounded queue.
-    let mut batch: Vec<String> = Vec::new();
+    let mut batch: Vec<Arc<Event>> = Vec::new();
     loop {
         let connect = client.get_multiplexed_async_connection_with_config(&conn_config);
         let mut conn = tokio::select! {
@@ -212,41 +347,38 @@ async fn run_publisher(
             },
         };
         tracing::info!("realtime: Redis publisher connected");
-        set_connected(&up, true, "publisher");
+        set_connected(&publisher.up, true, "publisher");
         backoff.reset();
         loop {
             if batch.is_empty() {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    p = rx.recv() => match p { Some(p) => batch.push(p), None => return },
+                    e = rx.recv() => match e { Some(e) => batch.push(e), None => return },
                 }
             }
             // What queued up while the last batch was on the wire goes out with this one, in
-            // order, as one pipeline: one write and one read for a burst instead of one round
-            // trip per event. At light load a batch is one event, sent at once.
+            // order, as one message. At light load a batch is one event, sent at once.
             while batch.len() < PUBLISH_BATCH
-                && let Ok(p) = rx.try_recv()
+                && let Ok(e) = rx.try_recv()
             {
-                batch.push(p);
+                batch.push(e);
             }
-            let mut pipe = redis::pipe();
-            for payload in &batch {
-                pipe.cmd("PUBLISH")
-                    .arg(&config.channel)
-                    .arg(payload)
-                    .ignore();
-            }
-            let result: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+            let legacy = publisher.legacy_readers.load(Ordering::Relaxed);
+            let pipe = publishing(&config, &batch_channel, &replica_id, &batch, legacy);
+            let result: redis::RedisResult<(redis::Value,)> = pipe.query_async(&mut conn).await;
             match result {
-                Ok(()) => {
+                Ok((numsub,)) => {
                     metrics::counter!(m::EVENTS_BRIDGED, "direction" => "out")
                         .increment(batch.len() as u64);
                     metrics::counter!(m::PUBLISH_PIPELINES).increment(1);
                     batch.clear();
+                    // An answer it cannot read keeps the older replicas served.
+                    let present = legacy_readers(&numsub).unwrap_or(true);
+                    publisher.set_legacy_readers(present, &config.channel);
                 }
                 Err(error) => {
                     tracing::warn!(%error, events = batch.len(), "realtime: Redis publish failed; reconnecting");
-                    set_connected(&up, false, "publisher");
+                    set_connected(&publisher.up, false, "publisher");
                     break;
                 }
             }
@@ -266,10 +398,12 @@ async fn run_subscriber(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(config.retry_min, config.retry_max);
+    let batch_channel = config.batch_channel();
+    let channels = [config.channel.as_str(), batch_channel.as_str()];
     loop {
         let subscribed = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = tokio::time::timeout(config.timeout, subscribe(&client, &config.channel)) => r,
+            r = tokio::time::timeout(config.timeout, subscribe(&client, &channels)) => r,
         };
         let (mut sink, mut stream) = match subscribed {
             Ok(Ok(parts)) => parts,
@@ -288,7 +422,7 @@ async fn run_subscriber(
                 continue;
             }
         };
-        tracing::info!(channel = %config.channel, "realtime: subscribed to Redis");
+        tracing::info!(channel = %config.channel, %batch_channel, "realtime: subscribed to Redis");
         set_connected(&up, true, "subscriber");
         backoff.reset();
         let mut ping = tokio::time::interval(config.ping_interval);
@@ -298,6 +432,9 @@ async fn run_subscriber(
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 msg = stream.next() => match msg {
+                    Some(msg) if msg.get_channel_name() == batch_channel => {
+                        deliver_batch(&hub, &replica_id, msg.get_payload_bytes());
+                    }
                     Some(msg) => deliver_remote(&hub, &replica_id, msg.get_payload_bytes()),
                     None => {
                         tracing::warn!("realtime: Redis subscription lost; resubscribing");
@@ -322,18 +459,20 @@ async fn run_subscriber(
     }
 }
 
+/// Subscribes to `channels` in one command, so that no `PUBSUB NUMSUB` sees this replica on one
+/// and not the other (see [`legacy_readers`]).
 async fn subscribe(
     client: &redis::Client,
-    channel: &str,
+    channels: &[&str],
 ) -> redis::RedisResult<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
     let (mut sink, stream) = client.get_async_pubsub().await?.split();
-    sink.subscribe(channel).await?;
+    sink.subscribe(channels).await?;
     Ok((sink, stream))
 }
 
-/// Whether `payload` is an envelope this replica published, judged from the prefix that
-/// [`Bridge::publish`] writes (`origin` is the envelope's first field), without parsing the body:
-/// every event a replica publishes comes back to it from Redis.
+/// Whether `payload` is an envelope this replica published, judged from the prefix that the
+/// publisher writes (`origin` is the first field of both envelopes), without parsing the events:
+/// every message a replica publishes comes back to it from Redis.
 fn own_echo(payload: &[u8], replica_id: &str) -> bool {
     const PREFIX: &[u8] = br#"{"origin":""#;
     payload
@@ -342,6 +481,8 @@ fn own_echo(payload: &[u8], replica_id: &str) -> bool {
         .is_some_and(|rest| rest.first() == Some(&b'"'))
 }
 
+/// An event from the plain channel: a replica of an older release published it, or a batching
+/// replica published a copy of it for those (skipped: the batch brought it).
 fn deliver_remote(hub: &Hub, replica_id: &str, payload: &[u8]) {
     if own_echo(payload, replica_id) {
         return;
@@ -353,7 +494,7 @@ fn deliver_remote(hub: &Hub, replica_id: &str, payload: &[u8]) {
             return;
         }
     };
-    if envelope.origin == replica_id {
+    if envelope.batched || envelope.origin == replica_id {
         return;
     }
     metrics::counter!(m::EVENTS_BRIDGED, "direction" => "in").increment(1);
@@ -361,6 +502,31 @@ fn deliver_remote(hub: &Hub, replica_id: &str, payload: &[u8]) {
         destination: envelope.destination.into_owned(),
         body: envelope.body.into_owned(),
     }));
+}
+
+/// The events of a message from the batch channel, in order.
+fn deliver_batch(hub: &Hub, replica_id: &str, payload: &[u8]) {
+    if own_echo(payload, replica_id) {
+        return;
+    }
+    let envelope: BatchEnvelope<'_> = match serde_json::from_slice(payload) {
+        Ok(e) => e,
+        Err(error) => {
+            tracing::warn!(%error, "realtime: ignoring a malformed batch of events from Redis");
+            return;
+        }
+    };
+    if envelope.origin == replica_id {
+        return;
+    }
+    metrics::counter!(m::EVENTS_BRIDGED, "direction" => "in")
+        .increment(envelope.events.len() as u64);
+    for event in envelope.events {
+        hub.deliver(Arc::new(Event {
+            destination: event.destination.into_owned(),
+            body: event.body.into_owned(),
+        }));
+    }
 }
 
 #[cfg(test)]
@@ -384,6 +550,7 @@ mod tests {
             origin: Cow::Borrowed("4f2a"),
             destination: Cow::Borrowed("/topic/a"),
             body: Cow::Borrowed(r#"{"origin":"other"}"#),
+            batched: false,
         })
         .unwrap();
         assert!(own_echo(&payload, "4f2a"));
@@ -410,5 +577,94 @@ mod tests {
         let ev = rx.recv().await.unwrap();
         assert_eq!(ev.body, r#"{"k":"한"}"#);
         assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_delivered_in_order_unless_it_is_our_own() {
+        let hub = Hub::new(8);
+        let mut rx = hub.subscribe();
+        let batch = |origin: &str| {
+            serde_json::to_vec(&BatchEnvelope {
+                origin: Cow::Borrowed(origin),
+                events: vec![
+                    WireEvent {
+                        destination: Cow::Borrowed("/topic/a"),
+                        body: Cow::Borrowed("1"),
+                    },
+                    WireEvent {
+                        destination: Cow::Borrowed("/topic/b"),
+                        body: Cow::Borrowed("\"두\""),
+                    },
+                ],
+            })
+            .unwrap()
+        };
+        deliver_batch(&hub, "me", &batch("me"));
+        deliver_batch(
+            &hub,
+            "me",
+            br#"{"origin":"other","events":[{"destination":1}]}"#,
+        );
+        deliver_batch(&hub, "me", &batch("other"));
+        let first = rx.recv().await.unwrap();
+        assert_eq!((&*first.destination, &*first.body), ("/topic/a", "1"));
+        let second = rx.recv().await.unwrap();
+        assert_eq!(
+            (&*second.destination, &*second.body),
+            ("/topic/b", "\"두\"")
+        );
+        assert!(rx.try_recv().is_err());
+    }
+
+    /// The copies published for older replicas keep their format (which they parse with the
+    /// three fields alone), and batching replicas skip them: the batch brought the event.
+    #[tokio::test]
+    async fn copies_for_older_replicas_are_read_by_them_and_skipped_by_batching_ones() {
+        let copy = serde_json::to_string(&Envelope {
+            origin: Cow::Borrowed("4f2a"),
+            destination: Cow::Borrowed("/topic/a"),
+            body: Cow::Borrowed("{}"),
+            batched: true,
+        })
+        .unwrap();
+        assert_eq!(
+            copy,
+            r#"{"origin":"4f2a","destination":"/topic/a","body":"{}","batched":true}"#
+        );
+        let plain = serde_json::to_string(&Envelope {
+            origin: Cow::Borrowed("4f2a"),
+            destination: Cow::Borrowed("/topic/a"),
+            body: Cow::Borrowed("{}"),
+            batched: false,
+        })
+        .unwrap();
+        assert_eq!(
+            plain,
+            r#"{"origin":"4f2a","destination":"/topic/a","body":"{}"}"#
+        );
+        let hub = Hub::new(8);
+        let mut rx = hub.subscribe();
+        deliver_remote(&hub, "me", copy.as_bytes());
+        assert!(rx.try_recv().is_err());
+        deliver_remote(&hub, "me", plain.as_bytes());
+        assert_eq!(rx.recv().await.unwrap().body, "{}");
+    }
+
+    #[test]
+    fn older_readers_are_those_the_batch_channel_lacks() {
+        use redis::Value::{Array, BulkString, Int};
+        let numsub = |plain, batched| {
+            Array(vec![
+                BulkString(b"c".to_vec()),
+                Int(plain),
+                BulkString(b"c.batch".to_vec()),
+                Int(batched),
+            ])
+        };
+        assert_eq!(legacy_readers(&numsub(2, 2)), Some(false));
+        assert_eq!(legacy_readers(&numsub(0, 0)), Some(false));
+        assert_eq!(legacy_readers(&numsub(3, 2)), Some(true));
+        assert_eq!(legacy_readers(&Array(vec![Int(1)])), None);
+        assert_eq!(legacy_readers(&Int(1)), None);
     }
 }

@@ -19,5 +19,8 @@ pub const EVENTS_BRIDGED: &str = "mutr_realtime_events_bridged_total";
 pub const PUBLISH_PIPELINES: &str = "mutr_realtime_publish_pipelines_total";
 /// Counter: events other replicas will not see, by `reason`.
 pub const EVENTS_DROPPED: &str = "mutr_realtime_events_dropped_total";
+/// Gauge: 1 while a replica of an older release (one that reads only one event per message)
+/// listens on the bridge's channel, so that each event is also published there on its own.
+pub const LEGACY_READERS: &str = "mutr_realtime_legacy_readers";
 /// Gauge: 1 while the Redis `connection` (`publisher`, `subscriber`) is up.
 pub const REDIS_CONNECTED: &str = "mutr_realtime_redis_connected";

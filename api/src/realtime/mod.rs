@@ -326,6 +326,12 @@ impl Realtime {
         self.inner.bridge.as_ref().map(Bridge::connected)
     }
 
+    /// Whether, as Redis last said, a replica of an older release (one event per message)
+    /// listens on the bridge's channel; None without Redis.
+    pub fn redis_legacy_readers(&self) -> Option<bool> {
+        self.inner.bridge.as_ref().map(Bridge::legacy_readers)
+    }
+
     fn args(&self) -> &RealtimeArgs {
         &self.inner.args
     }
