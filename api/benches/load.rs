@@ -822,6 +822,7 @@ async fn pgbench_inserts(
             &keyed_script
         }
     };
+    checkpoint(database_url).await;
     let output = pgbench(database_url, clients, duration, script, extra).await;
     db.execute("DROP TABLE bench_nodes").await?;
     let stdout = String::from_utf8_lossy(&output?.stdout).into_owned();
@@ -867,6 +868,21 @@ async fn fastest_keyed(
         }
     }
     Ok(best.0)
+}
+
+/// Writes the database's dirty pages out before a measured run, so that no checkpoint another run
+/// caused lands in it (a timed one waits `checkpoint_timeout` after this one): each run starts as
+/// clean as the others. Best effort: `CHECKPOINT` needs a superuser or `pg_checkpoint`.
+async fn checkpoint(database_url: &str) {
+    use sqlx::{Connection as _, Executor as _};
+    let result = async {
+        let mut db = sqlx::PgConnection::connect(database_url).await?;
+        db.execute("CHECKPOINT").await.map(drop)
+    }
+    .await;
+    if let Err(e) = result {
+        eprintln!("(no CHECKPOINT before the run: {e})");
+    }
 }
 
 /// Runs both baselines of [`Inserts`] right before the write phase (plain, then keyed) or right
@@ -1092,6 +1108,7 @@ async fn main() -> anyhow::Result<()> {
         Some((clients, script)) => Some(inserts(&args, clients, script, false).await?),
         None => None,
     };
+    checkpoint(&args.database_url).await;
     eprintln!(
         "saturation, write-heavy: {} users for {:?}",
         args.write_users, args.duration

@@ -89,6 +89,8 @@ SQL
 # $1 clients, $2 seconds, $3 the script (insert.sql); prints "tps latency_ms".
 pgbench_run() {
     psql -q -v ON_ERROR_STOP=1 "$db_url" -c "TRUNCATE bench_nodes" >/dev/null
+    # Each run starts with no dirty pages of another's (as the load bench's runs do).
+    psql -q "$db_url" -c "CHECKPOINT" >/dev/null 2>&1 || true
     pgbench -n -M prepared -c "$1" -j 2 -T "$2" -f "$workdir/${3:-insert.sql}" "$db_url" >"$workdir/pgbench.log" 2>&1 \
         || { cat "$workdir/pgbench.log" >&2; die "pgbench failed"; }
     local tps lat
