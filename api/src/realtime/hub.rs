@@ -248,19 +248,25 @@ impl Publisher {
 /// Whether a reader of one event per message (a replica of an older release) listens, from the
 /// answer to `PUBSUB NUMSUB channel batch_channel`. Every batching replica subscribes to both
 /// channels in one command, so the plain channel has more subscribers only while another reader
-/// listens there. None when the answer is not the expected one.
+/// listens there. None when the answer is not the expected one. RESP2 answers a flat array of
+/// names and counts, RESP3 a map of them (both in the order asked).
 fn legacy_readers(numsub: &redis::Value) -> Option<bool> {
     let count = |v: &redis::Value| match v {
         redis::Value::Int(n) => Some(*n),
         _ => None,
     };
-    match numsub {
+    let (plain, batched) = match numsub {
         redis::Value::Array(items) => match items.as_slice() {
-            [_, plain, _, batched] => Some(count(plain)? > count(batched)?),
-            _ => None,
+            [_, plain, _, batched] => (plain, batched),
+            _ => return None,
         },
-        _ => None,
-    }
+        redis::Value::Map(pairs) => match pairs.as_slice() {
+            [(_, plain), (_, batched)] => (plain, batched),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(count(plain)? > count(batched)?)
 }
 
 /// A value as JSON, or None (logged) when it cannot be: never for these string-only envelopes.
@@ -664,6 +670,11 @@ mod tests {
         assert_eq!(legacy_readers(&numsub(2, 2)), Some(false));
         assert_eq!(legacy_readers(&numsub(0, 0)), Some(false));
         assert_eq!(legacy_readers(&numsub(3, 2)), Some(true));
+        let resp3 = redis::Value::Map(vec![
+            (BulkString(b"c".to_vec()), Int(3)),
+            (BulkString(b"c.batch".to_vec()), Int(2)),
+        ]);
+        assert_eq!(legacy_readers(&resp3), Some(true));
         assert_eq!(legacy_readers(&Array(vec![Int(1)])), None);
         assert_eq!(legacy_readers(&Int(1)), None);
     }
