@@ -6,7 +6,7 @@ mod realtime_support;
 
 use std::time::{Duration, Instant};
 
-use mutr_api::realtime::GALAXY_TOPIC;
+use mutr_api::realtime::{GALAXY_TOPIC, RealtimeArgs};
 use realtime_support::{
     DEADLINE, PrivateRedis, Seen, Server, Transport, WsClient, args, redis_url,
 };
@@ -15,16 +15,26 @@ fn node(id: u64) -> String {
     format!(r#"{{"id":{id},"content":"노드 {id}"}}"#)
 }
 
-/// Both replicas on one channel of the shared Redis.
-async fn two_replicas(redis: String) -> (Server, Server) {
+/// Settings of two replicas on one channel of their own.
+fn pair_args() -> (RealtimeArgs, RealtimeArgs) {
     let a = args();
     let mut b = args();
     b.realtime_redis_channel = a.realtime_redis_channel.clone();
+    (a, b)
+}
+
+/// Two replicas with these settings, both bridges connected.
+async fn start_pair((a, b): (RealtimeArgs, RealtimeArgs), redis: String) -> (Server, Server) {
     let one = Server::start(a, Some(redis.clone())).await;
     let two = Server::start(b, Some(redis)).await;
     one.wait_redis().await;
     two.wait_redis().await;
     (one, two)
+}
+
+/// Both replicas on one channel of the shared Redis.
+async fn two_replicas(redis: String) -> (Server, Server) {
+    start_pair(pair_args(), redis).await
 }
 
 /// Whether `client` gets a MESSAGE with `body` within `wait` (heart-beats skipped).
@@ -75,14 +85,9 @@ async fn every_replica_delivers_every_event_exactly_once() {
 #[tokio::test]
 async fn a_burst_reaches_the_other_replica_in_order_and_once() {
     const BURST: u64 = 600;
-    let a = args();
-    let mut b = args();
-    b.realtime_redis_channel = a.realtime_redis_channel.clone();
+    let (a, mut b) = pair_args();
     b.ws_send_buffer = 2 * BURST as usize;
-    let one = Server::start(a, Some(redis_url())).await;
-    let two = Server::start(b, Some(redis_url())).await;
-    one.wait_redis().await;
-    two.wait_redis().await;
+    let (one, two) = start_pair((a, b), redis_url()).await;
     let mut on_two = WsClient::connected(&two, Transport::RawWebSocket).await;
     on_two.subscribe("s", GALAXY_TOPIC).await;
 
@@ -172,14 +177,9 @@ async fn next_plain(
 /// batching replica does not get the copies as well as the batch. Once it is gone, the copies stop.
 #[tokio::test]
 async fn a_replica_of_the_previous_release_still_gets_and_sends_every_event() {
-    let a = args();
-    let channel = a.realtime_redis_channel.clone();
-    let mut b = args();
-    b.realtime_redis_channel = channel.clone();
-    let one = Server::start(a, Some(redis_url())).await;
-    let two = Server::start(b, Some(redis_url())).await;
-    one.wait_redis().await;
-    two.wait_redis().await;
+    let settings = pair_args();
+    let channel = settings.0.realtime_redis_channel.clone();
+    let (one, two) = start_pair(settings, redis_url()).await;
     let mut on_two = WsClient::connected(&two, Transport::RawWebSocket).await;
     on_two.subscribe("s", GALAXY_TOPIC).await;
     let mut on_one = WsClient::connected(&one, Transport::RawWebSocket).await;

@@ -487,18 +487,28 @@ fn own_echo(payload: &[u8], replica_id: &str) -> bool {
         .is_some_and(|rest| rest.first() == Some(&b'"'))
 }
 
+/// A message from another replica, parsed; None for this replica's own echo, and (logged) for
+/// one that is not a `what`.
+fn from_other<'a, T: Deserialize<'a>>(
+    payload: &'a [u8],
+    replica_id: &str,
+    what: &str,
+) -> Option<T> {
+    if own_echo(payload, replica_id) {
+        return None;
+    }
+    serde_json::from_slice(payload)
+        .inspect_err(
+            |error| tracing::warn!(%error, "realtime: ignoring a malformed {what} from Redis"),
+        )
+        .ok()
+}
+
 /// An event from the plain channel: a replica of an older release published it, or a batching
 /// replica published a copy of it for those (skipped: the batch brought it).
 fn deliver_remote(hub: &Hub, replica_id: &str, payload: &[u8]) {
-    if own_echo(payload, replica_id) {
+    let Some(envelope) = from_other::<Envelope<'_>>(payload, replica_id, "event") else {
         return;
-    }
-    let envelope: Envelope<'_> = match serde_json::from_slice(payload) {
-        Ok(e) => e,
-        Err(error) => {
-            tracing::warn!(%error, "realtime: ignoring a malformed event from Redis");
-            return;
-        }
     };
     if envelope.batched || envelope.origin == replica_id {
         return;
@@ -512,15 +522,9 @@ fn deliver_remote(hub: &Hub, replica_id: &str, payload: &[u8]) {
 
 /// The events of a message from the batch channel, in order.
 fn deliver_batch(hub: &Hub, replica_id: &str, payload: &[u8]) {
-    if own_echo(payload, replica_id) {
+    let Some(envelope) = from_other::<BatchEnvelope<'_>>(payload, replica_id, "batch of events")
+    else {
         return;
-    }
-    let envelope: BatchEnvelope<'_> = match serde_json::from_slice(payload) {
-        Ok(e) => e,
-        Err(error) => {
-            tracing::warn!(%error, "realtime: ignoring a malformed batch of events from Redis");
-            return;
-        }
     };
     if envelope.origin == replica_id {
         return;
