@@ -12,7 +12,7 @@ use mutr_api::{
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc rather than glibc's allocator: under the write-heavy bench glibc's `malloc`, `free`
-/// and `malloc_consolidate` were a quarter of the API's CPU (api/README.md, Benchmark).
+/// and `malloc_consolidate` were a quarter of the API's CPU (api/BENCHMARKS.md, sixth round).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
