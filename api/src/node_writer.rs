@@ -14,7 +14,10 @@
 //! hands it to the analysis pipeline, in the order of the batch, before it answers the request.
 //! It does so even when the request was abandoned meanwhile, so no stored node misses its events.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -119,6 +122,8 @@ pub enum WriteError {
 }
 
 struct Job {
+    /// When it was queued, for `mutr_node_write_wait_seconds`.
+    queued: Instant,
     draft: NodeDraft,
     reply: oneshot::Sender<Result<StoredNode, WriteError>>,
 }
@@ -171,7 +176,11 @@ impl NodeWriter {
     pub async fn create(&self, draft: NodeDraft) -> Result<StoredNode, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Job { draft, reply })
+            .send(Job {
+                queued: Instant::now(),
+                draft,
+                reply,
+            })
             .await
             .map_err(|_| WriteError::Stopped)?;
         answer.await.unwrap_or(Err(WriteError::Stopped))
@@ -242,10 +251,16 @@ async fn run(
 /// Stores one batch and answers each of its jobs.
 async fn store(pool: &PgPool, sinks: &Sinks, batch: Vec<Job>) {
     metrics::histogram!("mutr_node_batch_rows").record(batch.len() as f64);
+    let started = Instant::now();
+    let waited = metrics::histogram!("mutr_node_write_wait_seconds");
+    for job in &batch {
+        waited.record(started.saturating_duration_since(job.queued));
+    }
     let result = {
         let rows: Vec<NewNode<'_>> = batch.iter().map(|j| new_node(&j.draft)).collect();
         db::nodes::create_many(pool, &rows).await
     };
+    metrics::histogram!("mutr_node_batch_seconds").record(started.elapsed());
     match result {
         Ok(outcomes) => {
             for (job, outcome) in batch.into_iter().zip(outcomes) {
@@ -292,7 +307,7 @@ fn new_node(draft: &NodeDraft) -> NewNode<'_> {
 
 /// Runs the post-commit steps of a stored node and answers its job.
 async fn finish(sinks: &Sinks, job: Job, outcome: Result<Outcome, WriteError>) {
-    let Job { draft, reply } = job;
+    let Job { draft, reply, .. } = job;
     let answer = match outcome {
         Ok(Outcome::Created(created)) => Ok(announce(sinks, draft, created).await),
         Ok(Outcome::ParentMissing) => Err(WriteError::ParentMissing(

@@ -94,6 +94,8 @@ async fn a_posted_tree_is_analysed_parents_first(pool: PgPool) {
         "mutr_analysis_create_to_analysed_seconds_bucket",
         "mutr_analysis_queue_depth",
         "mutr_analysis_nodes{status=\"PENDING\"}",
+        "mutr_node_write_wait_seconds_bucket",
+        "mutr_node_batch_seconds_bucket",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
