@@ -654,10 +654,18 @@ const VIZ_RANGE: f64 = 200.0;
 async fn centres(database_url: &str) -> anyhow::Result<Arc<Vec<(f64, f64, f64)>>> {
     use sqlx::Connection as _;
     let mut db = sqlx::PgConnection::connect(database_url).await?;
-    let points: Vec<(f64, f64, f64)> =
+    let mut points: Vec<(f64, f64, f64)> =
         sqlx::query_as("SELECT x, y, z FROM nodes TABLESAMPLE SYSTEM (1) LIMIT 2000")
             .fetch_all(&mut db)
             .await?;
+    // `SYSTEM` picks whole pages, 1% of them: a small galaxy (`hack/bench-ab.sh`'s 20,000 nodes
+    // fill about 440 pages) gets none now and then (5 samples of 1,000 were empty), which failed
+    // an A/B run; such a table is cheap to read whole.
+    if points.is_empty() {
+        points = sqlx::query_as("SELECT x, y, z FROM nodes ORDER BY random() LIMIT 2000")
+            .fetch_all(&mut db)
+            .await?;
+    }
     if points.is_empty() {
         bail!("no nodes to centre /viz on");
     }
