@@ -73,8 +73,8 @@ pub async fn create(db: impl PgExecutor<'_>, node: &NewNode<'_>) -> Result<Outco
 /// over the nodes whose parent is `COMPLETED` (see [`Created::context`]), and inserts the nodes
 /// whose parent and author exist (root id, rounded position; a root is `ORIGIN` with score 0.0).
 /// The statement has as few CTEs as it can: PostgreSQL sets each one up again for every batch,
-/// and folding the parent, author and id steps into one stored 5-12% more batches per second
-/// (api/BENCHMARKS.md, eighteenth round). Answers one [`Outcome`] per node, in the order given. A
+/// and folding the parent, author and id steps into one gave PostgreSQL alone about a tenth
+/// more batches per second (api/BENCHMARKS.md, eighteenth round). Answers one [`Outcome`] per node, in the order given. A
 /// node whose parent or author is missing is skipped without failing the others; any error of the
 /// statement (a constraint, an invalid text) stores none of them. Every read of `nodes` and
 /// `users` is a `LATERAL` primary-key look-up with `LIMIT 1`, which no plan can turn into a hash
