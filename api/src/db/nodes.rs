@@ -74,14 +74,15 @@ pub async fn create(db: impl PgExecutor<'_>, node: &NewNode<'_>) -> Result<Outco
 /// whose parent and author exist (root id, rounded position; a root is `ORIGIN` with score 0.0).
 /// The statement has as few CTEs as it can: PostgreSQL sets each one up again for every batch,
 /// and folding the parent, author and id steps into one gave PostgreSQL alone about a tenth
-/// more batches per second (api/BENCHMARKS.md, eighteenth round). Answers one [`Outcome`] per node, in the order given. A
-/// node whose parent or author is missing is skipped without failing the others; any error of the
-/// statement (a constraint, an invalid text) stores none of them. Every read of `nodes` and
-/// `users` is a `LATERAL` primary-key look-up with `LIMIT 1`, which no plan can turn into a hash
-/// join over the whole table; run it on [`super::writer_pool`], where no plan can turn it into a
-/// sequential scan either, whatever size the table had when the plan was cached. Ids come from
-/// `nextval('nodes_id_seq'::regclass)`: `pg_get_serial_sequence` looked the sequence up in the
-/// catalogue for every row (3 us a row against 0.3 us on the bench machine).
+/// more batches per second (api/BENCHMARKS.md, eighteenth round). Answers one [`Outcome`] per
+/// node, in the order given. A node whose parent or author is missing is skipped without failing
+/// the others; any error of the statement (a constraint, an invalid text) stores none of them.
+/// Every read of `nodes` and `users` is a `LATERAL` primary-key look-up with `LIMIT 1`, which no
+/// plan can turn into a hash join over the whole table; run it on [`super::writer_pool`], where
+/// no plan can turn it into a sequential scan either, whatever size the table had when the plan
+/// was cached. Ids come from `nextval('nodes_id_seq'::regclass)`: `pg_get_serial_sequence` looked
+/// the sequence up in the catalogue for every row (3 us a row against 0.3 us on the bench
+/// machine).
 pub async fn create_many(
     db: impl PgExecutor<'_>,
     nodes: &[NewNode<'_>],
