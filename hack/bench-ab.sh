@@ -15,8 +15,15 @@
 #         `target/release/mutr-api` or `MUTR_NODE_BATCH_CONCURRENCY=1:target/release/mutr-api`
 #         (settings separated by commas: `K=V,K=V:binary`).
 #   ROUNDS: how many times to alternate (default 3).
-# Knobs: MUTR_AB_DURATION (15s). Needs DATABASE_URL and REDIS_URL (hack/with-services.sh provides
-# them) and a release build of the load bench (`cargo build --release -p mutr-api --bench load`).
+# It also prints how idle the machine was over the phase (idle and I/O wait from /proc/stat): on a
+# fast machine the write phase can leave a fifth of the CPU idle, waiting on the commits' flushes.
+#
+# Knobs: MUTR_AB_DURATION (15s). MUTR_AB_WAITS=1 also samples pg_stat_activity every 10 ms over
+# the phase and prints the share of the API's active statements waiting on the WAL (its flush or
+# its lock) and on any other wait event; the sampler's own query and insert, 100 a second, take
+# some of PostgreSQL's CPU, so leave it off when comparing with runs without it. Needs DATABASE_URL and REDIS_URL (hack/with-services.sh
+# provides them) and a release build of the load bench
+# (`cargo build --release -p mutr-api --bench load`).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -56,6 +63,10 @@ ticks() {
     echo "$total"
 }
 pg_pids() { pgrep -x postgres || true; }
+# Idle (with I/O wait) and all ticks of the machine, from the first line of /proc/stat.
+cpu_ticks() {
+    awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print $5 + $6, t; exit }' /proc/stat
+}
 redis_pids() { pgrep -x redis-server || true; }
 
 hz="$(getconf CLK_TCK)"
@@ -92,6 +103,20 @@ run_side() {
     wait_for 60 curl -fsS "http://127.0.0.1:$port/healthz" \
         || { tail -n 20 "$workdir/api.log" >&2; die "mutr-api ($name) did not start"; }
     psql -q "$db_url" -c CHECKPOINT >/dev/null 2>&1 || true
+    local sampler_pid=""
+    if [ "${MUTR_AB_WAITS:-0}" = 1 ]; then
+        # What the API's active statements wait on, 100 times a second, into a table of the
+        # scratch database (committed sample by sample, so stopping the loop loses nothing).
+        psql -q "$db_url" -c "CREATE UNLOGGED TABLE ab_waits (t timestamptz, wait text)" >/dev/null
+        psql -q "$db_url" -c "DO \$\$ BEGIN LOOP
+            PERFORM pg_stat_clear_snapshot();
+            INSERT INTO ab_waits
+              SELECT clock_timestamp(), coalesce(wait_event_type || ':' || wait_event, 'CPU')
+              FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'
+                AND backend_type = 'client backend' AND pid <> pg_backend_pid();
+            COMMIT; PERFORM pg_sleep(0.01); END LOOP; END \$\$" >/dev/null 2>&1 &
+        sampler_pid=$!
+    fi
 
     # The load bench announces each phase on stderr; the CPU is read when the write phase starts
     # and when the next one is announced. The later phases are kept as short as they go.
@@ -103,17 +128,32 @@ run_side() {
     while IFS= read -r line <&3; do
         case "$line" in
             "saturation, write-heavy"*)
-                start=("$(ticks $(pg_pids))" "$(ticks "$api_pid")" "$(ticks $(redis_pids))" "$(ticks "$load_pid")" "$(date +%s%N)") ;;
+                start=("$(ticks $(pg_pids))" "$(ticks "$api_pid")" "$(ticks $(redis_pids))" "$(ticks "$load_pid")" "$(date +%s%N)" $(cpu_ticks)) ;;
             "mixed:"*)
-                end=("$(ticks $(pg_pids))" "$(ticks "$api_pid")" "$(ticks $(redis_pids))" "$(ticks "$load_pid")" "$(date +%s%N)") ;;
+                end=("$(ticks $(pg_pids))" "$(ticks "$api_pid")" "$(ticks $(redis_pids))" "$(ticks "$load_pid")" "$(date +%s%N)" $(cpu_ticks)) ;;
         esac
         printf '%s\n' "$line" >>"$workdir/load.err"
     done
     exec 3<&-
     wait "$load_pid" 2>/dev/null || { tail -n 20 "$workdir/load.err" >&2; die "the load bench failed ($name)"; }
+    [ ${#start[@]} -eq 7 ] && [ ${#end[@]} -eq 7 ] || die "the load bench did not announce its phases"
+    local waits="-"
+    if [ -n "$sampler_pid" ]; then
+        psql -q "$db_url" -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+            WHERE datname = current_database() AND query LIKE 'DO %ab_waits%'" \
+            >/dev/null 2>&1 || true
+        wait "$sampler_pid" 2>/dev/null || true
+        # The samples of the write phase: share waiting on the WAL, then on anything else.
+        waits="$(psql -qAt -F ' ' "$db_url" -c "SELECT
+              round(100.0 * count(*) FILTER (WHERE wait LIKE '%:WAL%') / greatest(count(*), 1)),
+              round(100.0 * count(*) FILTER (WHERE wait <> 'CPU' AND wait NOT LIKE '%:WAL%')
+                / greatest(count(*), 1))
+            FROM ab_waits
+            WHERE t BETWEEN to_timestamp(${start[4]} / 1e9) AND to_timestamp(${end[4]} / 1e9)" \
+            | awk '{ printf "%s/%s", $1, $2 }')"
+    fi
     stop_api
     drop_db "$db"; db=""
-    [ ${#start[@]} -eq 5 ] && [ ${#end[@]} -eq 5 ] || die "the load bench did not announce its phases"
 
     local rowline rate p50 p95 nodes
     rowline="$(grep -m1 '^write-heavy (100 users)' "$workdir/load.out")" || die "no write-heavy row"
@@ -121,7 +161,8 @@ run_side() {
     nodes="$(awk '{ print $NF }' <<<"$rowline")"
     awk -v name="$name" -v round="$round" -v rate="$rate" -v p50="$p50" -v p95="$p95" -v n="$nodes" -v hz="$hz" \
         -v pg="$((end[0] - start[0]))" -v api="$((end[1] - start[1]))" -v rd="$((end[2] - start[2]))" -v ld="$((end[3] - start[3]))" \
-        'BEGIN { us = 1e6 / hz / n; printf "%-5s %5s %10s %8s %8s %10.1f %10.1f %10.1f %10.1f\n", round, name, rate, p50, p95, pg * us, api * us, rd * us, ld * us }' \
+        -v idle="$((end[5] - start[5]))" -v all="$((end[6] - start[6]))" -v waits="$waits" \
+        'BEGIN { us = 1e6 / hz / n; printf "%-5s %5s %10s %8s %8s %10.1f %10.1f %10.1f %10.1f %7.0f %9s\n", round, name, rate, p50, p95, pg * us, api * us, rd * us, ld * us, 100 * idle / (all > 0 ? all : 1), waits }' \
         >>"$workdir/results"
 }
 
@@ -137,5 +178,5 @@ for round in $(seq 1 "$rounds"); do
     done
 done
 echo
-printf '%-5s %5s %10s %8s %8s %10s %10s %10s %10s\n' round side "nodes/s" "p50 ms" "p95 ms" "pg us/node" "api us" "redis us" "load us"
+printf '%-5s %5s %10s %8s %8s %10s %10s %10s %10s %7s %9s\n' round side "nodes/s" "p50 ms" "p95 ms" "pg us/node" "api us" "redis us" "load us" "idle %" "wal/oth %"
 cat "$workdir/results"
