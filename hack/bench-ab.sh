@@ -21,9 +21,11 @@
 # Knobs: MUTR_AB_DURATION (15s). MUTR_AB_WAITS=1 also samples pg_stat_activity every 10 ms over
 # the phase and prints the share of the API's active statements waiting on the WAL (its flush or
 # its lock) and on any other wait event; the sampler's own query and insert, 100 a second, take
-# some of PostgreSQL's CPU, so leave it off when comparing with runs without it. Needs DATABASE_URL and REDIS_URL (hack/with-services.sh
-# provides them) and a release build of the load bench
-# (`cargo build --release -p mutr-api --bench load`).
+# some of PostgreSQL's CPU, so leave it off when comparing with runs without it. (A run that
+# stops early leaves no sampler behind: dropping the scratch database ends its session.)
+#
+# Needs DATABASE_URL and REDIS_URL (hack/with-services.sh provides them) and a release build of
+# the load bench (`cargo build --release -p mutr-api --bench load`).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
