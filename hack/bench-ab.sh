@@ -65,11 +65,11 @@ ticks() {
     echo "$total"
 }
 pg_pids() { pgrep -x postgres || true; }
+redis_pids() { pgrep -x redis-server || true; }
 # Idle (with I/O wait) and all ticks of the machine, from the first line of /proc/stat.
 cpu_ticks() {
     awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print $5 + $6, t; exit }' /proc/stat
 }
-redis_pids() { pgrep -x redis-server || true; }
 
 hz="$(getconf CLK_TCK)"
 workdir="$(mktemp -d)"
