@@ -20,7 +20,7 @@ use std::{
 };
 
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::{
     db::{
@@ -221,9 +221,8 @@ async fn run(
                 Err(_) => break,
             }
         }
-        // Slots held by other batches: their statements are still running (or their users are
-        // being answered: a slot is let go right after, so a node sent back within microseconds
-        // of its user's answer may wait the busy linger once).
+        // Slots held by other batches: their statements are still running (a slot is let go as
+        // soon as its statement is done, before its users are answered).
         let others_in_flight = concurrency - 1 - slots.available_permits();
         let linger = if others_in_flight > 0 {
             linger.idle.max(linger.busy)
@@ -242,14 +241,15 @@ async fn run(
         let pool = pool.clone();
         let sinks = sinks.clone();
         tokio::spawn(async move {
-            store(&pool, &sinks, batch).await;
-            drop(slot);
+            store(&pool, &sinks, batch, slot).await;
         });
     }
 }
 
-/// Stores one batch and answers each of its jobs.
-async fn store(pool: &PgPool, sinks: &Sinks, batch: Vec<Job>) {
+/// Stores one batch and answers each of its jobs. The statement slot goes as soon as the
+/// batch's statement is done, before its nodes are published and answered, so that the next
+/// batch's statement runs while this one's users are answered.
+async fn store(pool: &PgPool, sinks: &Sinks, batch: Vec<Job>, slot: OwnedSemaphorePermit) {
     metrics::histogram!("mutr_node_batch_rows").record(batch.len() as f64);
     let started = Instant::now();
     let waited = metrics::histogram!("mutr_node_write_wait_seconds");
@@ -263,6 +263,7 @@ async fn store(pool: &PgPool, sinks: &Sinks, batch: Vec<Job>) {
     metrics::histogram!("mutr_node_batch_seconds").record(started.elapsed());
     match result {
         Ok(outcomes) => {
+            drop(slot);
             for (job, outcome) in batch.into_iter().zip(outcomes) {
                 finish(sinks, job, Ok(outcome)).await;
             }
@@ -520,9 +521,8 @@ mod tests {
         let (w, _) = writer(&pool, &args);
         let author = guest(&pool, 1).await;
         for n in 0..3 {
-            // A user who waits a moment, as people do: the last batch's task has let its
-            // statement slot go by then (it does so right after answering), so nothing is in
-            // flight when this node arrives.
+            // A user who waits a moment, as people do: the last batch's task let its statement
+            // slot go before answering, so nothing is in flight when this node arrives.
             tokio::time::sleep(Duration::from_millis(50)).await;
             let started = std::time::Instant::now();
             create(&w, draft(&author, &format!("혼자 {n}"), None))
