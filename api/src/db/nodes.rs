@@ -85,9 +85,10 @@ pub async fn create(db: impl PgExecutor<'_>, node: &NewNode<'_>) -> Result<Outco
 /// machine). Positions are rounded in `float8` (`round(v * 100) / 100`, as
 /// [`Vec3::rounded`] does): through `numeric` each coordinate cost about 0.75 us more, as
 /// `float8` to `numeric` prints the number and `numeric` to `float8` parses it back. The two
-/// differ only on an exact tie (a third decimal of 5 and nothing after it), which `float8`
-/// breaks to even where `Vec3::rounded` breaks it away from zero; a child's random offset
-/// does not land on one, and a root's position arrives rounded already.
+/// differ on an exact tie (a third decimal of 5 and nothing after it), which `float8` breaks
+/// to even where `Vec3::rounded` breaks it away from zero, and beyond about 10^11, where the
+/// print kept only 15 digits and so rounded twice; a child's random offset does not land on a
+/// tie, and a root's position arrives rounded already.
 pub async fn create_many(
     db: impl PgExecutor<'_>,
     nodes: &[NewNode<'_>],
