@@ -248,8 +248,8 @@ async fn run(
 
 /// Stores one batch and answers each of its jobs. The statement slot goes as soon as the
 /// batch's statement is done, before its nodes are published and answered, so that the next
-/// batch's statement runs while this one's users are answered; a batch whose statement failed
-/// keeps it while its nodes are stored again one by one.
+/// batch's statement runs while this one's users are answered. A batch whose statement failed
+/// keeps it until its users are answered, since its nodes may be stored again one by one.
 async fn store(pool: &PgPool, sinks: &Sinks, batch: Vec<Job>, slot: OwnedSemaphorePermit) {
     metrics::histogram!("mutr_node_batch_rows").record(batch.len() as f64);
     let started = Instant::now();
